@@ -1,0 +1,405 @@
+//! outboxd's configuration: one TOML file (`--config FILE` or `OUTBOXD_CONFIG`), every value
+//! with a default except what only the operator can know (URLs, credentials).
+//! `deploy/outboxd.toml` is the commented reference.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::RetryPolicy;
+use crate::secret::Secret;
+use crate::sinks::SinkType;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/outboxd/outbox.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `sqlite:///abs/path.db`, `sqlite://relative.db` or `postgres://...`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// tracing filter, e.g. "info" or "outbox_core=debug"; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Default retry policy; a sink may override it with its own `[sinks.NAME.retry]`.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+fn default_database_url() -> String {
+    DEFAULT_DATABASE_URL.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// How often an idle worker looks for due rows when nothing woke it.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often an idle SQLite worker checks whether another process wrote to the database
+    /// (a `stat` of the WAL file: cheap, and it makes insert-to-delivery latency small).
+    #[serde(with = "humantime_serde")]
+    pub wake_interval: Duration,
+    /// Rows claimed per sink in one statement.
+    pub batch_size: u32,
+    /// How long a claimed row is reserved for this worker. Must exceed the sinks' timeouts:
+    /// a row whose lease expires is taken by another worker.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// On SIGTERM, how long in-flight deliveries may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Identifies this worker in leases; defaults to hostname:pid.
+    pub worker_id: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            poll_interval: Duration::from_secs(1),
+            wake_interval: Duration::from_millis(5),
+            batch_size: 256,
+            lease: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(10),
+            worker_id: None,
+        }
+    }
+}
+
+/// Reply-code table of a 4pyun sink. Codes not listed are retried (bounded by the retry
+/// policy), so an unexpected transient code never drops an event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PyunCodes {
+    pub success: Vec<String>,
+    /// Final business outcomes that are not errors (no retry, no dead letter).
+    pub done: Vec<String>,
+    pub permanent: Vec<String>,
+    pub retry: Vec<String>,
+}
+
+impl Default for PyunCodes {
+    fn default() -> Self {
+        let v = |s: &[&str]| s.iter().map(|c| c.to_string()).collect();
+        PyunCodes {
+            success: v(&["200", "1001"]),
+            done: v(&["1002"]),
+            permanent: v(&["400", "401", "403", "1400", "1401"]),
+            retry: v(&["500", "503", "1500", "1503"]),
+        }
+    }
+}
+
+/// One `[sinks.NAME]` section. Fields that belong to one platform are checked against
+/// `type` by [`Config::validate`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// The platform endpoint (for lbbtech, the base URL that `/open/...` paths hang off).
+    pub url: String,
+    /// Deliveries to this sink in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Overrides `[retry]` for this sink (whole table).
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// The sink's secret (4pyun app_secret, epeis DYNAMIC_KEY, lbbtech token): a file
+    /// (e.g. from systemd `LoadCredential=`) or an environment variable, never inline.
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+
+    // 4pyun
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub codes: Option<PyunCodes>,
+
+    // epeis
+    pub channel_did: Option<String>,
+    pub register_did: Option<String>,
+    pub account_did: Option<String>,
+    #[serde(default)]
+    pub retryable_codes: Option<Vec<i64>>,
+    #[serde(default)]
+    pub retry_ambiguous: Option<bool>,
+    /// RFC 3339 time after which the DYNAMIC_KEY is no longer valid.
+    pub dynamic_key_valid_until: Option<String>,
+
+    // lbbtech
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub poll_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub verify_after: Option<Duration>,
+    pub started_statuses: Option<Vec<i64>>,
+    pub callback_url: Option<String>,
+}
+
+fn default_concurrency() -> usize {
+    32
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Which fields each sink type accepts beyond the common ones.
+fn platform_fields(kind: SinkType) -> &'static [&'static str] {
+    match kind {
+        SinkType::Pyun => &["app_id", "codes"],
+        SinkType::Epeis => &[
+            "channel_did",
+            "register_did",
+            "account_did",
+            "retryable_codes",
+            "retry_ambiguous",
+            "dynamic_key_valid_until",
+        ],
+        SinkType::Lbbtech => &["poll_interval", "poll_window", "verify_after", "started_statuses", "callback_url"],
+    }
+}
+
+impl SinkConfig {
+    fn present_platform_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut f = |name, present: bool| {
+            if present {
+                v.push(name)
+            }
+        };
+        f("app_id", self.app_id.is_some());
+        f("codes", self.codes.is_some());
+        f("channel_did", self.channel_did.is_some());
+        f("register_did", self.register_did.is_some());
+        f("account_did", self.account_did.is_some());
+        f("retryable_codes", self.retryable_codes.is_some());
+        f("retry_ambiguous", self.retry_ambiguous.is_some());
+        f("dynamic_key_valid_until", self.dynamic_key_valid_until.is_some());
+        f("poll_interval", self.poll_interval.is_some());
+        f("poll_window", self.poll_window.is_some());
+        f("verify_after", self.verify_after.is_some());
+        f("started_statuses", self.started_statuses.is_some());
+        f("callback_url", self.callback_url.is_some());
+        v
+    }
+
+    /// Reads the secret from its file or environment variable. The error names where it
+    /// looked, never the value.
+    pub fn load_secret(&self, sink: &str) -> Result<Secret, String> {
+        match (&self.secret_file, &self.secret_env) {
+            (Some(path), None) => {
+                let raw = std::fs::read_to_string(path).map_err(|e| {
+                    format!("sinks.{sink}: cannot read secret_file {}: {e}", path.display())
+                })?;
+                let v = raw.trim_end_matches(['\r', '\n']).to_string();
+                if v.trim().is_empty() {
+                    return Err(format!("sinks.{sink}: secret_file {} is empty", path.display()));
+                }
+                Ok(Secret::new(v))
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v)),
+                Ok(_) => Err(format!("sinks.{sink}: environment variable {var} (secret_env) is empty")),
+                Err(_) => Err(format!("sinks.{sink}: environment variable {var} (secret_env) is not set")),
+            },
+            (Some(_), Some(_)) => {
+                Err(format!("sinks.{sink}: set either secret_file or secret_env, not both"))
+            }
+            (None, None) => Err(format!(
+                "sinks.{sink}: no secret configured: set secret_file = \"/path\" (e.g. a systemd credential) or secret_env = \"VAR\""
+            )),
+        }
+    }
+
+    pub fn retry_policy<'a>(&'a self, default: &'a RetryPolicy) -> &'a RetryPolicy {
+        self.retry.as_ref().unwrap_or(default)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, collecting every problem at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
+        }
+    }
+
+    /// Every problem, each phrased as what to change.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            p.push(format!(
+                "database_url {:?} must start with sqlite: or postgres://",
+                self.database_url
+            ));
+        }
+        let w = &self.worker;
+        if w.batch_size == 0 {
+            p.push("worker.batch_size must be at least 1".into());
+        }
+        if w.poll_interval.is_zero() || w.wake_interval.is_zero() {
+            p.push("worker.poll_interval and worker.wake_interval must be above 0".into());
+        }
+        check_retry("retry", &self.retry, &mut p);
+        if self.sinks.is_empty() {
+            p.push("no [sinks.NAME] section: configure at least one sink".into());
+        }
+        for (name, s) in &self.sinks {
+            let allowed = platform_fields(s.kind);
+            for f in s.present_platform_fields() {
+                if !allowed.contains(&f) {
+                    p.push(format!("sinks.{name}: {f} does not apply to type = \"{}\"", s.kind));
+                }
+            }
+            if let Err(e) = url::Url::parse(&s.url) {
+                p.push(format!("sinks.{name}: url {:?} is not a URL: {e}", s.url));
+            }
+            if s.concurrency == 0 {
+                p.push(format!("sinks.{name}: concurrency must be at least 1"));
+            }
+            if s.timeout.is_zero() {
+                p.push(format!("sinks.{name}: timeout must be above 0"));
+            }
+            // A lease shorter than a request would let a second worker take a row that is
+            // still being delivered.
+            if w.lease <= s.timeout + s.connect_timeout {
+                p.push(format!(
+                    "sinks.{name}: timeout + connect_timeout ({}) must be shorter than worker.lease ({})",
+                    humantime::format_duration(s.timeout + s.connect_timeout),
+                    humantime::format_duration(w.lease)
+                ));
+            }
+            if let Some(r) = &s.retry {
+                check_retry(&format!("sinks.{name}.retry"), r, &mut p);
+            }
+            if let Err(e) = s.load_secret(name) {
+                p.push(e);
+            }
+            p.extend(crate::sinks::validate_config(name, s));
+        }
+        p
+    }
+}
+
+fn check_retry(at: &str, r: &RetryPolicy, p: &mut Vec<String>) {
+    if r.max_attempts == 0 {
+        p.push(format!("{at}.max_attempts must be at least 1"));
+    }
+    if r.cap < r.floor {
+        p.push(format!("{at}.cap must not be below {at}.floor"));
+    }
+    if r.base.is_zero() {
+        p.push(format!("{at}.base must be above 0"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_pyun_config_gets_defaults() {
+        std::env::set_var("OUTBOXD_TEST_SECRET_A", "s3cret");
+        let c = parse(
+            r#"
+            [sinks.pyun]
+            type = "pyun"
+            url = "http://127.0.0.1:1/gate/1.0/energy/internal/replenish"
+            app_id = "op1"
+            secret_env = "OUTBOXD_TEST_SECRET_A"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.worker, WorkerConfig::default());
+        let s = &c.sinks["pyun"];
+        assert_eq!(s.concurrency, 32);
+        assert_eq!(s.load_secret("pyun").unwrap().expose(), "s3cret");
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_secrets_are_not() {
+        std::env::set_var("OUTBOXD_TEST_SECRET_B", "topsecretvalue");
+        let err = parse(
+            r#"
+            database_url = "mysql://x"
+            [worker]
+            lease = "5s"
+            [sinks.a]
+            type = "pyun"
+            url = "not a url"
+            secret_env = "OUTBOXD_TEST_SECRET_B"
+            channel_did = "x"
+            [sinks.b]
+            type = "pyun"
+            url = "http://x/"
+            app_id = "a"
+            secret_env = "OUTBOXD_TEST_UNSET_VAR"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "database_url",
+            "sinks.a: channel_did does not apply",
+            "sinks.a: url",
+            "sinks.a: app_id is required",
+            "worker.lease",
+            "OUTBOXD_TEST_UNSET_VAR",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+        assert!(!err.contains("topsecretvalue"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_named() {
+        let err = parse("[worker]\npoll_intervall = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("poll_intervall"), "{err}");
+        let err = parse("[worker]\npoll_interval = \"1 fortnight\"\n").unwrap_err().to_string();
+        assert!(err.contains("poll_interval") || err.contains("fortnight"), "{err}");
+    }
+}

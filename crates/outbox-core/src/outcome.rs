@@ -1,0 +1,70 @@
+//! What one delivery step ended in, as the sinks classify it and the store records it.
+
+use std::time::Duration;
+
+/// The verdict of one delivery step. Sinks produce it from a reply (pure code); the worker
+/// turns it into a row update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Final: the platform accepted the event. A `hint` on a success reply is recorded and
+    /// shown to operators, but the row is never retried.
+    Delivered { hint: Option<String>, result: Option<String> },
+    /// Final business outcome that is not an error (e.g. 4pyun `1002` "no parking record").
+    Completed { note: String, result: Option<String> },
+    /// Try again later (at least `retry_after` if the server said so).
+    Retry { reason: String, retry_after: Option<Duration> },
+    /// Will never succeed as it is: dead-letter it for an operator.
+    Permanent { reason: String },
+    /// The request may or may not have been applied, and re-sending it is not safe: park it
+    /// for an operator (or retry, where the sink is configured to accept duplicates).
+    Ambiguous { reason: String },
+    /// A multi-step flow moved on: store `state` and run the next step at `next_at` (epoch ms).
+    Continue { state: String, next_at: i64, note: String },
+}
+
+impl Verdict {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Delivered { .. } => "delivered",
+            Verdict::Completed { .. } => "completed",
+            Verdict::Retry { .. } => "retry",
+            Verdict::Permanent { .. } => "permanent",
+            Verdict::Ambiguous { .. } => "ambiguous",
+            Verdict::Continue { .. } => "continue",
+        }
+    }
+}
+
+/// What the attempt history keeps of one step: enough to explain the verdict, never a
+/// secret (sinks scrub error texts before they get here).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptInfo {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub http_status: Option<u16>,
+    pub reply_code: Option<String>,
+    pub hint: Option<String>,
+    /// The reply body, truncated; platforms do not echo our secrets in their replies, and
+    /// sinks scrub it anyway.
+    pub reply: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One finished step: the verdict plus what was observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub verdict: Verdict,
+    pub info: AttemptInfo,
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes cut]", &s[..end], s.len() - end)
+}

@@ -1,0 +1,562 @@
+//! The SQLite backend: the embedded default, one station, zero setup.
+//!
+//! - WAL, so producers in other processes write while the worker drains;
+//!   `synchronous = FULL`, so a power cut never loses a committed event (WAL + NORMAL can).
+//! - Write transactions start with `BEGIN IMMEDIATE` or are a single statement: a deferred
+//!   `BEGIN` that reads and then writes fails at once with SQLITE_BUSY, busy timeout or not.
+//! - The daemon uses one connection: SQLite has one writer anyway, and it keeps our own
+//!   statements from contending with each other.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite};
+
+use super::{Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats, StoreError};
+use crate::event::{ClaimedRow, NewEvent};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: Option<PathBuf>,
+}
+
+/// Inserts an event through any SQLite executor, so a producer can enqueue inside its own
+/// transaction, atomically with its business rows. Returns whether the row was new.
+pub async fn enqueue_in<'c, E>(executor: E, ev: &NewEvent) -> Result<bool>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let done = sqlx::query(
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sink, idempotency_key) DO NOTHING",
+    )
+    .bind(&ev.sink)
+    .bind(ev.event_type.as_str())
+    .bind(&ev.idempotency_key)
+    .bind(&ev.payload)
+    .bind(&ev.ordering_key)
+    .bind(ev.not_before)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+const CLAIMED_COLUMNS: &str =
+    "id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, flow_state, in_doubt";
+
+fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
+    Ok(ClaimedRow {
+        id: r.try_get("id")?,
+        sink: r.try_get("sink")?,
+        event_type: r.try_get("event_type")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        payload: r.try_get("payload")?,
+        ordering_key: r.try_get("ordering_key")?,
+        created_at: r.try_get("created_at")?,
+        attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
+        flow_state: r.try_get("flow_state")?,
+        in_doubt: r.try_get::<i64, _>("in_doubt")? != 0,
+    })
+}
+
+fn dead_row(r: &SqliteRow) -> std::result::Result<DeadRow, sqlx::Error> {
+    Ok(DeadRow {
+        id: r.try_get("id")?,
+        outbox_id: r.try_get("outbox_id")?,
+        sink: r.try_get("sink")?,
+        event_type: r.try_get("event_type")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        payload: r.try_get("payload")?,
+        ordering_key: r.try_get("ordering_key")?,
+        created_at: r.try_get("created_at")?,
+        attempts: r.try_get("attempts")?,
+        reason: r.try_get("reason")?,
+        last_reply: r.try_get("last_reply")?,
+        dead_at: r.try_get("dead_at")?,
+    })
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str, opts: &OpenOptions) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(opts.busy_timeout)
+            .create_if_missing(opts.create);
+        let path = Some(options.get_filename().to_path_buf()).filter(|p| !p.as_os_str().is_empty() && p.to_str() != Some(":memory:"));
+        if let Some(p) = &path {
+            if !opts.create && !p.exists() {
+                return Err(StoreError::Schema(format!(
+                    "database file {} does not exist: run `outbox-migrate --database-url {url}` to create it",
+                    p.display()
+                )));
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .min_connections(1)
+            // One connection for the daemon's lifetime: don't recycle it.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool, path })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The WAL file's (modification time, size): changes whenever any process commits.
+    /// A `stat` is far cheaper than a query, so an idle worker can check it every few ms.
+    pub fn wal_signature(&self) -> Option<(SystemTime, u64)> {
+        let p = self.path.as_ref()?;
+        let mut wal = p.clone().into_os_string();
+        wal.push("-wal");
+        let m = std::fs::metadata(wal).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let before = self.applied().await?;
+        MIGRATOR.run(&self.pool).await?;
+        let after = self.applied().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    async fn applied(&self) -> Result<Vec<i64>> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn schema_state(&self) -> Result<SchemaState> {
+        let applied = self.applied().await?;
+        Ok(super::compare_schema(&applied, MIGRATOR.iter().map(|m| m.version)))
+    }
+
+    pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
+        enqueue_in(&self.pool, ev).await
+    }
+
+    pub async fn claim(&self, sink: &str, owner: &str, limit: u32, now: i64, lease_until: i64) -> Result<Vec<ClaimedRow>> {
+        // One statement: it takes the write lock before reading, so it waits on the busy
+        // timeout instead of failing when a producer is writing.
+        let sql = format!(
+            "UPDATE outbox SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, \
+                    attempts = attempts + 1, last_attempt_at = ?3 \
+             WHERE id IN ( \
+                SELECT o.id FROM outbox o \
+                WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?3 \
+                  AND (o.ordering_key IS NULL OR NOT EXISTS ( \
+                        SELECT 1 FROM outbox e \
+                        WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
+                          AND e.status IN ('pending', 'in_flight'))) \
+                ORDER BY o.next_attempt_at, o.id LIMIT ?5) \
+             RETURNING {CLAIMED_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(sink)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed_rows = rows.iter().map(claimed).collect::<std::result::Result<Vec<_>, _>>()?;
+        // RETURNING order is unspecified; deliver in due order.
+        claimed_rows.sort_by_key(|r| r.id);
+        Ok(claimed_rows)
+    }
+
+    pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', in_doubt = 1, next_attempt_at = ?1, \
+                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                    lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_expires_at < ?1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
+        let known_json = serde_json::to_string(known).expect("strings serialise");
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let filter = "status = 'pending' AND next_attempt_at <= ?1 \
+                      AND sink NOT IN (SELECT value FROM json_each(?2))";
+        sqlx::query(&format!(
+            "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
+             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                    'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                    NULL, flow_state, ?1 FROM outbox WHERE {filter}"
+        ))
+        .bind(now)
+        .bind(&known_json)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(&format!("DELETE FROM outbox WHERE {filter}"))
+            .bind(now)
+            .bind(&known_json)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
+        let mut lost = 0;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for c in batch {
+            let owned = "id = ?1 AND status = 'in_flight' AND lease_owner = ?2";
+            let affected = match &c.action {
+                Action::Delivered { hint, result } => sqlx::query(&format!(
+                    "UPDATE outbox SET status = 'delivered', hint = ?3, result = ?4, finished_at = ?5, \
+                            last_error = NULL, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
+                ))
+                .bind(c.id)
+                .bind(owner)
+                .bind(hint)
+                .bind(result)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Action::Done { note, result } => sqlx::query(&format!(
+                    "UPDATE outbox SET status = 'done', last_error = ?3, result = ?4, finished_at = ?5, \
+                            in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
+                ))
+                .bind(c.id)
+                .bind(owner)
+                .bind(note)
+                .bind(result)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Action::Retry { next_at, error } => sqlx::query(&format!(
+                    "UPDATE outbox SET status = 'pending', next_attempt_at = ?3, last_error = ?4, \
+                            lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
+                ))
+                .bind(c.id)
+                .bind(owner)
+                .bind(next_at)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Action::Continue { state, next_at, note } => sqlx::query(&format!(
+                    "UPDATE outbox SET status = 'pending', flow_state = ?3, next_attempt_at = ?4, last_error = ?5, \
+                            attempts = 0, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
+                ))
+                .bind(c.id)
+                .bind(owner)
+                .bind(state)
+                .bind(next_at)
+                .bind(note)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Action::Release { in_doubt } => sqlx::query(&format!(
+                    "UPDATE outbox SET status = 'pending', next_attempt_at = ?3, \
+                            attempts = CASE WHEN ?4 THEN attempts ELSE max(attempts - 1, 0) END, \
+                            in_doubt = CASE WHEN ?4 THEN 1 ELSE in_doubt END, \
+                            lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
+                ))
+                .bind(c.id)
+                .bind(owner)
+                .bind(now)
+                .bind(*in_doubt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Action::Dead { reason, last_reply } => {
+                    let moved = sqlx::query(&format!(
+                        "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                                  created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                         SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                                ?3, ?4, flow_state, ?5 FROM outbox WHERE {owned}"
+                    ))
+                    .bind(c.id)
+                    .bind(owner)
+                    .bind(reason)
+                    .bind(last_reply)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 1 {
+                        sqlx::query("DELETE FROM outbox WHERE id = ?1").bind(c.id).execute(&mut *tx).await?;
+                    }
+                    moved
+                }
+            };
+            if affected == 0 {
+                lost += 1;
+            }
+            if let Some(info) = &c.info {
+                sqlx::query(
+                    "INSERT INTO outbox_attempts (outbox_id, sink, attempt, started_at, duration_ms, http_status, \
+                                                  reply_code, hint, outcome, error, reply) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .bind(c.id)
+                .bind(&c.sink)
+                .bind(i64::from(c.attempt))
+                .bind(info.started_at)
+                .bind(info.duration_ms)
+                .bind(info.http_status.map(i64::from))
+                .bind(&info.reply_code)
+                .bind(&info.hint)
+                .bind(c.outcome_label)
+                .bind(&info.error)
+                .bind(&info.reply)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    pub async fn paused_sinks(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused = 1 ORDER BY sink")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox_sinks (sink, paused, paused_at, note) VALUES (?1, ?2, CASE WHEN ?2 THEN ?3 END, ?4) \
+             ON CONFLICT (sink) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at, note = excluded.note",
+        )
+        .bind(sink)
+        .bind(paused)
+        .bind(crate::clock::now_ms())
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
+        let rows = sqlx::query(
+            "WITH sinks AS (SELECT sink FROM outbox UNION SELECT sink FROM outbox_dead UNION SELECT sink FROM outbox_sinks) \
+             SELECT s.sink AS sink, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'pending') AS pending, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'in_flight') AS in_flight, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'pending' AND o.next_attempt_at <= ?1) AS due_now, \
+               (SELECT min(created_at) FROM outbox o WHERE o.sink = s.sink AND o.status IN ('pending', 'in_flight')) AS oldest, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'delivered') AS delivered, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'delivered' AND o.finished_at >= ?1 - 3600000) AS delivered_hour, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'done') AS done, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.status = 'pending' AND o.attempts > 0) AS retrying, \
+               (SELECT count(*) FROM outbox_dead d WHERE d.sink = s.sink) AS dead, \
+               (SELECT count(*) FROM outbox o WHERE o.sink = s.sink AND o.hint IS NOT NULL) AS hints, \
+               coalesce((SELECT paused FROM outbox_sinks p WHERE p.sink = s.sink), 0) AS paused, \
+               (SELECT last_error FROM outbox o WHERE o.sink = s.sink AND o.last_error IS NOT NULL AND o.status IN ('pending', 'in_flight') \
+                  ORDER BY o.last_attempt_at DESC LIMIT 1) AS last_error \
+             FROM sinks s ORDER BY s.sink",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SinkStats {
+                    sink: r.try_get("sink")?,
+                    pending: r.try_get("pending")?,
+                    in_flight: r.try_get("in_flight")?,
+                    due_now: r.try_get("due_now")?,
+                    oldest_pending_ms: r.try_get::<Option<i64>, _>("oldest")?.map(|t| now - t),
+                    delivered: r.try_get("delivered")?,
+                    delivered_last_hour: r.try_get("delivered_hour")?,
+                    done: r.try_get("done")?,
+                    retrying: r.try_get("retrying")?,
+                    dead: r.try_get("dead")?,
+                    hints: r.try_get("hints")?,
+                    paused: r.try_get::<i64, _>("paused")? != 0,
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
+        let r = sqlx::query(
+            "SELECT id, sink, event_type, idempotency_key, status, attempts, next_attempt_at, last_error, hint, result \
+             FROM outbox WHERE sink = ?1 AND idempotency_key = ?2",
+        )
+        .bind(sink)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(RowView {
+                id: r.try_get("id")?,
+                sink: r.try_get("sink")?,
+                event_type: r.try_get("event_type")?,
+                idempotency_key: r.try_get("idempotency_key")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                next_attempt_at: r.try_get("next_attempt_at")?,
+                last_error: r.try_get("last_error")?,
+                hint: r.try_get("hint")?,
+                result: r.try_get("result")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    pub async fn dead_list(&self, sink: Option<&str>, since: Option<i64>, reason: Option<&str>, limit: i64) -> Result<Vec<DeadRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox_dead \
+             WHERE (?1 IS NULL OR sink = ?1) AND (?2 IS NULL OR dead_at >= ?2) \
+               AND (?3 IS NULL OR instr(lower(reason), lower(?3)) > 0) \
+             ORDER BY id LIMIT ?4",
+        )
+        .bind(sink)
+        .bind(since)
+        .bind(reason)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(dead_row).collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
+        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.as_ref().map(dead_row).transpose()?)
+    }
+
+    pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, http_status, reply_code, hint, outcome, error, reply \
+             FROM outbox_attempts WHERE outbox_id = ?1 ORDER BY id",
+        )
+        .bind(outbox_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    attempt: r.try_get("attempt")?,
+                    started_at: r.try_get("started_at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    http_status: r.try_get("http_status")?,
+                    reply_code: r.try_get("reply_code")?,
+                    hint: r.try_get("hint")?,
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    reply: r.try_get("reply")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1").bind(dead_id).fetch_optional(&mut *tx).await?
+        else {
+            return Err(StoreError::NotFound(format!("no dead-lettered row with id {dead_id} (see `outboxd dead list`)")));
+        };
+        let d = dead_row(&d)?;
+        // Same id as before, so the attempt history stays attached and ordering keys keep
+        // the row's original place.
+        let inserted = sqlx::query(
+            "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, next_attempt_at, \
+                                 last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'requeued by an operator') ON CONFLICT DO NOTHING",
+        )
+        .bind(d.outbox_id)
+        .bind(&d.sink)
+        .bind(&d.event_type)
+        .bind(&d.idempotency_key)
+        .bind(&d.payload)
+        .bind(&d.ordering_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "dead row {dead_id} not requeued: sink {} already has a row with key {:?} in the outbox",
+                d.sink, d.idempotency_key
+            )));
+        }
+        sqlx::query("DELETE FROM outbox_dead WHERE id = ?1").bind(dead_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = ?1 ORDER BY id")
+            .bind(sink)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT outbox_id FROM outbox_dead WHERE dead_at < ?1) \
+               AND outbox_id NOT IN (SELECT id FROM outbox)",
+        )
+        .bind(older_than)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < ?1").bind(older_than).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
+        )
+        .bind(before)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids_json = serde_json::to_string(&ids).expect("integers serialise");
+        sqlx::query("DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

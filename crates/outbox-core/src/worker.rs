@@ -1,0 +1,550 @@
+//! The worker loop: claim due rows per sink, deliver them concurrently, record verdicts.
+//!
+//! - Claims are batched (one `UPDATE ... RETURNING` per sink) and only when a sink has a
+//!   useful number of free slots, so a busy worker does not commit once per row.
+//! - Verdicts go to a completer task that writes them in batches, one transaction each:
+//!   with `synchronous = FULL` every commit is an fsync, so batching is what makes
+//!   throughput.
+//! - Each delivery runs in its own task: a panic in a sink dead-letters that row, never the
+//!   daemon. A database error is logged once per change of state and retried; nothing that
+//!   was claimed is forgotten (its lease expires and it is claimed again).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::clock::{self, now_ms};
+use crate::config::{Config, WorkerConfig};
+use crate::event::ClaimedRow;
+use crate::outcome::{StepOutcome, Verdict};
+use crate::retry::{Decision, RetryPolicy};
+use crate::shutdown::Shutdown;
+use crate::sinks::Sink;
+use crate::store::wake::Wake;
+use crate::store::{Action, Completion, Store};
+
+/// Payloads above this are dead-lettered unread: no platform here takes more than a few KB,
+/// and a runaway producer must not make the daemon hold megabytes per row.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("sink setup failed: {0}")]
+    Sink(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How `run` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until the shutdown future resolves.
+    Forever,
+    /// Until no row of a configured sink is pending or in flight (demo, benchmarks).
+    UntilIdle,
+}
+
+/// Counters since start, for progress logs and the run summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub claimed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub hints: AtomicU64,
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub continued: AtomicU64,
+    pub released: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub claimed: u64,
+    pub delivered: u64,
+    pub hints: u64,
+    pub done: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub continued: u64,
+    pub released: u64,
+}
+
+impl Counters {
+    pub fn summary(&self) -> Summary {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            claimed: g(&self.claimed),
+            delivered: g(&self.delivered),
+            hints: g(&self.hints),
+            done: g(&self.done),
+            retried: g(&self.retried),
+            dead: g(&self.dead),
+            continued: g(&self.continued),
+            released: g(&self.released),
+        }
+    }
+}
+
+struct SinkSlot {
+    name: String,
+    sink: Arc<Sink>,
+    policy: RetryPolicy,
+    concurrency: usize,
+    in_flight: usize,
+}
+
+struct InFlight {
+    row_id: i64,
+    slot: usize,
+    attempt: u32,
+}
+
+/// Turns a sink's verdict into what the store does with the row.
+pub fn decide(verdict: &Verdict, row: &ClaimedRow, sink: &Sink, policy: &RetryPolicy, now: i64, unit: f64) -> Action {
+    let retry = |reason: &str, retry_after: Option<Duration>| {
+        let age = Duration::from_millis(now.saturating_sub(row.created_at).max(0) as u64);
+        match policy.decide(row.attempts, age, retry_after, unit) {
+            Decision::RetryAfter(d) => Action::Retry { next_at: now + clock::ms(d), error: reason.to_string() },
+            Decision::GiveUp(why) => Action::Dead { reason: format!("{why}; last error: {reason}"), last_reply: None },
+        }
+    };
+    match verdict {
+        Verdict::Delivered { hint, result } => Action::Delivered { hint: hint.clone(), result: result.clone() },
+        Verdict::Completed { note, result } => Action::Done { note: note.clone(), result: result.clone() },
+        Verdict::Retry { reason, retry_after } => retry(reason, *retry_after),
+        Verdict::Permanent { reason } => Action::Dead { reason: reason.clone(), last_reply: None },
+        Verdict::Ambiguous { reason } if sink.retry_ambiguous() => retry(reason, None),
+        Verdict::Ambiguous { reason } => Action::Dead { reason: reason.clone(), last_reply: None },
+        Verdict::Continue { state, next_at, note } => {
+            Action::Continue { state: state.clone(), next_at: *next_at, note: note.clone() }
+        }
+    }
+}
+
+/// Checks a claimed row before its sink sees it: wrong event type, oversized payload.
+fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
+    let expected = sink.kind().event_type();
+    if row.event_type != expected.as_str() {
+        return Some(format!(
+            "sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink",
+            sink.kind(),
+            row.event_type
+        ));
+    }
+    if row.payload.len() > MAX_PAYLOAD_BYTES {
+        return Some(format!(
+            "payload is {} bytes, above the {} byte limit: no platform accepts it",
+            row.payload.len(),
+            MAX_PAYLOAD_BYTES
+        ));
+    }
+    None
+}
+
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Logs a database failure once when it starts and once when it ends.
+#[derive(Default)]
+struct DbHealth {
+    failing_since: Option<Instant>,
+}
+
+impl DbHealth {
+    fn failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if self.failing_since.is_none() {
+            tracing::error!(error = %e, "database unavailable during {what}; deliveries pause and resume by themselves");
+            self.failing_since = Some(Instant::now());
+        }
+    }
+
+    fn ok(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            tracing::warn!(down_for = ?since.elapsed(), "database reachable again; resuming");
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        let down = self.failing_since.map(|s| s.elapsed()).unwrap_or_default();
+        // 100ms, growing with the outage, at most 5s.
+        Duration::from_millis(100).max(down / 4).min(Duration::from_secs(5))
+    }
+}
+
+/// Runs the worker until shutdown (or until idle, per `mode`). Returns what it did.
+pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: RunMode) -> Result<Summary, WorkerError> {
+    let wc: WorkerConfig = config.worker.clone();
+    let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
+    let pool_size = config.sinks.values().map(|s| s.concurrency).max().unwrap_or(8);
+    let connect_timeout = config.sinks.values().map(|s| s.connect_timeout).max().unwrap_or(Duration::from_secs(5));
+    let client = crate::http::client(connect_timeout, pool_size);
+
+    let mut slots = Vec::new();
+    for (name, sc) in &config.sinks {
+        let sink = Sink::build(name, sc, client.clone()).map_err(WorkerError::Sink)?;
+        slots.push(SinkSlot {
+            name: name.clone(),
+            sink: Arc::new(sink),
+            policy: sc.retry_policy(&config.retry).clone(),
+            concurrency: sc.concurrency,
+            in_flight: 0,
+        });
+    }
+    let known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+    let counters = Arc::new(Counters::default());
+    let committed = Arc::new(Notify::new());
+
+    let (tx, rx) = mpsc::unbounded_channel::<Completion>();
+    let completer = tokio::spawn(completer(store.clone(), owner.clone(), rx, committed.clone(), counters.clone()));
+
+    tracing::info!(worker = %owner, backend = store.backend(), sinks = ?known, "outboxd worker started");
+
+    let mut wake = Wake::new(store.clone(), wc.wake_interval);
+    let mut tasks: JoinSet<(ClaimedRow, StepOutcome)> = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+    let mut health = DbHealth::default();
+    let mut paused: Vec<String> = Vec::new();
+    let mut next_housekeeping = Instant::now();
+    let mut next_progress = Instant::now() + Duration::from_secs(60);
+    let mut last_progress = counters.summary();
+    let mut grace_deadline: Option<Instant> = None;
+    let lease_ms = clock::ms(wc.lease);
+
+    loop {
+        let stopping = grace_deadline.is_some();
+        let mut more_waiting = false;
+
+        if !stopping {
+            let now = now_ms();
+            if Instant::now() >= next_housekeeping {
+                // Expired leases (a crashed worker) go back to pending; rows for sinks that
+                // are not configured are dead-lettered, so they don't sit there forever.
+                let r = async {
+                    let reclaimed = store.reclaim_expired(now).await?;
+                    if reclaimed > 0 {
+                        tracing::warn!(rows = reclaimed, "reclaimed rows whose lease expired (a worker stopped mid-delivery)");
+                    }
+                    let unknown = store.dead_letter_unknown_sinks(&known, now).await?;
+                    if unknown > 0 {
+                        tracing::warn!(rows = unknown, "dead-lettered rows addressed to sinks that are not configured");
+                        counters.dead.fetch_add(unknown, Ordering::Relaxed);
+                    }
+                    paused = store.paused_sinks().await?;
+                    Ok::<_, crate::store::StoreError>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => {
+                        health.ok();
+                        next_housekeeping = Instant::now() + wc.poll_interval;
+                    }
+                    Err(e) => health.failed("housekeeping", &e),
+                }
+            }
+
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if paused.contains(&slot.name) || health.failing_since.is_some() {
+                    continue;
+                }
+                let free = slot.concurrency - slot.in_flight;
+                // Refill in chunks: claiming one row per freed slot would cost a commit (an
+                // fsync) per row.
+                let threshold = (slot.concurrency / 4).max(1);
+                if free == 0 || (free < threshold && slot.in_flight > 0) {
+                    more_waiting |= free == 0;
+                    continue;
+                }
+                let limit = (free as u32).min(wc.batch_size);
+                let now = now_ms();
+                match store.claim(&slot.name, &owner, limit, now, now + lease_ms).await {
+                    Ok(rows) => {
+                        health.ok();
+                        if rows.len() as u32 == limit {
+                            more_waiting = true;
+                        }
+                        counters.claimed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                        for row in rows {
+                            slot.in_flight += 1;
+                            let sink = slot.sink.clone();
+                            let name = slot.name.clone();
+                            let row_id = row.id;
+                            let attempt = row.attempts;
+                            let handle = tasks.spawn(async move {
+                                let outcome = match precheck(&row, &name, &sink) {
+                                    Some(reason) => StepOutcome {
+                                        verdict: Verdict::Permanent { reason },
+                                        info: Default::default(),
+                                    },
+                                    None => sink.deliver(&row).await,
+                                };
+                                (row, outcome)
+                            });
+                            in_flight.insert(handle.id(), InFlight { row_id, slot: i, attempt });
+                        }
+                    }
+                    Err(e) => health.failed("claim", &e),
+                }
+            }
+            wake.mark_seen();
+        }
+
+        if stopping && tasks.is_empty() {
+            break;
+        }
+        if mode == RunMode::UntilIdle && !stopping && tasks.is_empty() && !more_waiting && health.failing_since.is_none() {
+            match store.stats(now_ms()).await {
+                Ok(stats) => {
+                    let open: i64 = stats
+                        .iter()
+                        .filter(|s| known.contains(&s.sink) && !paused.contains(&s.sink))
+                        .map(|s| s.pending + s.in_flight)
+                        .sum();
+                    if open == 0 {
+                        tracing::info!("outbox is empty: every row is final");
+                        break;
+                    }
+                }
+                Err(e) => health.failed("status", &e),
+            }
+        }
+        if Instant::now() >= next_progress {
+            let s = counters.summary();
+            if s != last_progress {
+                tracing::info!(
+                    delivered = s.delivered - last_progress.delivered,
+                    hints = s.hints - last_progress.hints,
+                    retried = s.retried - last_progress.retried,
+                    dead = s.dead - last_progress.dead,
+                    in_flight = tasks.len(),
+                    "progress in the last minute"
+                );
+                last_progress = s;
+            }
+            next_progress = Instant::now() + Duration::from_secs(60);
+        }
+
+        let idle_until = if health.failing_since.is_some() {
+            Instant::now() + health.backoff()
+        } else if more_waiting && !stopping {
+            // Work is waiting: come back as soon as slots free up.
+            Instant::now() + Duration::from_millis(1)
+        } else {
+            next_housekeeping.max(Instant::now() + Duration::from_millis(1))
+        };
+
+        tokio::select! {
+            biased;
+            _ = shutdown.recv(), if !stopping => {
+                tracing::info!(in_flight = tasks.len(), grace = ?wc.shutdown_grace, "shutdown requested: no new claims, finishing in-flight deliveries");
+                grace_deadline = Some(Instant::now() + wc.shutdown_grace);
+            }
+            Some(joined) = tasks.join_next_with_id() => {
+                let mut batch = vec![joined];
+                while let Some(j) = tasks.try_join_next_with_id() {
+                    batch.push(j);
+                }
+                for j in batch {
+                    finish(j, &mut in_flight, &mut slots, &tx);
+                }
+            }
+            _ = async { tokio::time::sleep_until(grace_deadline.expect("guarded")).await }, if stopping => {
+                tracing::warn!(rows = tasks.len(), "shutdown grace over: abandoning in-flight deliveries; their rows are released for another attempt");
+                tasks.abort_all();
+                while let Some(j) = tasks.join_next_with_id().await {
+                    finish(j, &mut in_flight, &mut slots, &tx);
+                }
+            }
+            _ = committed.notified(), if !stopping && !more_waiting => {}
+            _ = wake.changed_or(idle_until), if !stopping => {}
+        }
+    }
+
+    drop(tx);
+    if completer.await.is_err() {
+        tracing::error!("the completer task failed; unrecorded rows will be redelivered when their lease expires");
+    }
+    let s = counters.summary();
+    tracing::info!(?s, "outboxd worker stopped");
+    Ok(s)
+}
+
+/// Turns a finished (or aborted, or panicked) delivery task into a completion.
+fn finish(
+    joined: Result<(tokio::task::Id, (ClaimedRow, StepOutcome)), tokio::task::JoinError>,
+    in_flight: &mut HashMap<tokio::task::Id, InFlight>,
+    slots: &mut [SinkSlot],
+    tx: &mpsc::UnboundedSender<Completion>,
+) {
+    let id = match &joined {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    let Some(f) = in_flight.remove(&id) else { return };
+    let slot = &mut slots[f.slot];
+    slot.in_flight -= 1;
+    let now = now_ms();
+    let completion = match joined {
+        Ok((_, (row, outcome))) => {
+            let unit = rand::rng().random::<f64>();
+            let mut action = decide(&outcome.verdict, &row, &slot.sink, &slot.policy, now, unit);
+            if let Action::Dead { last_reply, .. } = &mut action {
+                last_reply.clone_from(&outcome.info.reply);
+            }
+            log_verdict(&slot.name, &row, &outcome, &action);
+            Completion {
+                id: row.id,
+                sink: slot.name.clone(),
+                attempt: row.attempts,
+                action,
+                info: Some(outcome.info),
+                outcome_label: outcome.verdict.label(),
+            }
+        }
+        Err(e) if e.is_panic() => {
+            let msg = panic_message(e.into_panic());
+            tracing::error!(sink = %slot.name, row = f.row_id, panic = %msg, "delivery panicked; dead-lettering the row");
+            Completion {
+                id: f.row_id,
+                sink: slot.name.clone(),
+                attempt: f.attempt,
+                action: Action::Dead {
+                    reason: format!("internal error while delivering (panic: {msg}); please report it with this row"),
+                    last_reply: None,
+                },
+                info: Some(crate::outcome::AttemptInfo {
+                    started_at: now,
+                    error: Some(format!("panic: {msg}")),
+                    ..Default::default()
+                }),
+                outcome_label: "panic",
+            }
+        }
+        Err(_) => Completion {
+            // Aborted at the end of the shutdown grace: it had started, so it may have
+            // reached the platform.
+            id: f.row_id,
+            sink: slot.name.clone(),
+            attempt: f.attempt,
+            action: Action::Release { in_doubt: true },
+            info: None,
+            outcome_label: "released",
+        },
+    };
+    // The completer only stops after this loop has dropped the sender.
+    let _ = tx.send(completion);
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+fn log_verdict(sink: &str, row: &ClaimedRow, outcome: &StepOutcome, action: &Action) {
+    let key = row.idempotency_key.as_str();
+    match action {
+        Action::Delivered { hint: Some(h), .. } => {
+            tracing::warn!(sink, key, attempt = row.attempts, hint = %h, "delivered, but the platform attached a hint: check it")
+        }
+        Action::Delivered { .. } => tracing::debug!(sink, key, attempt = row.attempts, "delivered"),
+        Action::Done { note, .. } => tracing::info!(sink, key, note = %note, "final outcome"),
+        Action::Retry { next_at, error } => tracing::info!(
+            sink, key, attempt = row.attempts, error = %error,
+            retry_in = ?Duration::from_millis((next_at - now_ms()).max(0) as u64), "delivery failed; will retry"
+        ),
+        Action::Continue { note, .. } => tracing::debug!(sink, key, note = %note, "flow step done"),
+        Action::Dead { reason, .. } => {
+            tracing::warn!(sink, key, attempt = row.attempts, reason = %reason, verdict = outcome.verdict.label(), "dead-lettered")
+        }
+        Action::Release { .. } => {}
+    }
+}
+
+/// Writes completions in batches; on a database error keeps the batch and retries, so a
+/// verdict is never dropped while the daemon runs.
+async fn completer(
+    store: Store,
+    owner: String,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+    committed: Arc<Notify>,
+    counters: Arc<Counters>,
+) {
+    const MAX_BATCH: usize = 1024;
+    let mut health = DbHealth::default();
+    let mut batch: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut closed = false;
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(c) => batch.push(c),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        match store.complete(&owner, &batch, now_ms()).await {
+            Ok(lost) => {
+                health.ok();
+                if lost > 0 {
+                    tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
+                }
+                for c in &batch {
+                    let counter = match &c.action {
+                        Action::Delivered { hint: Some(_), .. } => {
+                            counters.hints.fetch_add(1, Ordering::Relaxed);
+                            &counters.delivered
+                        }
+                        Action::Delivered { .. } => &counters.delivered,
+                        Action::Done { .. } => &counters.done,
+                        Action::Retry { .. } => &counters.retried,
+                        Action::Continue { .. } => &counters.continued,
+                        Action::Dead { .. } => &counters.dead,
+                        Action::Release { .. } => &counters.released,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                batch.clear();
+                committed.notify_one();
+            }
+            Err(e) => {
+                health.failed("recording verdicts", &e);
+                if closed && health.failing_since.is_some_and(|s| s.elapsed() > Duration::from_secs(10)) {
+                    tracing::error!(rows = batch.len(), "giving up recording verdicts at shutdown; these rows will be delivered again after their lease expires");
+                    return;
+                }
+                tokio::time::sleep(health.backoff()).await;
+            }
+        }
+        if closed && batch.is_empty() && rx.is_empty() {
+            // Drain whatever is left (the sender is gone, recv returns None when empty).
+            while let Ok(c) = rx.try_recv() {
+                batch.push(c);
+            }
+            if batch.is_empty() {
+                return;
+            }
+        }
+    }
+}
