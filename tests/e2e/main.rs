@@ -1,1 +1,5 @@
+//! End-to-end tests: the real `outboxd` binary, a real database, the platform simulator on
+//! loopback. One test binary (svix's layout) so the suite links once.
 
+mod cli;
+mod pyun;

@@ -249,6 +249,14 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Parses without the semantic checks, for commands that only need the database
+    /// (`status`, `dead`, `enqueue`): they must work even while a secret is missing.
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -202,10 +202,12 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
     }
     let known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
     let counters = Arc::new(Counters::default());
-    let committed = Arc::new(Notify::new());
 
-    let (tx, rx) = mpsc::unbounded_channel::<Completion>();
-    let completer = tokio::spawn(completer(store.clone(), owner.clone(), rx, committed.clone(), counters.clone()));
+    // A slot is freed only once its row's verdict is committed, so the rows that could be
+    // delivered twice after a crash are bounded by the sinks' concurrency.
+    let (tx, rx) = mpsc::unbounded_channel::<(usize, Completion)>();
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Vec<usize>>();
+    let completer = tokio::spawn(completer(store.clone(), owner.clone(), rx, committed_tx, counters.clone()));
 
     tracing::info!(worker = %owner, backend = store.backend(), sinks = ?known, "outboxd worker started");
 
@@ -364,7 +366,11 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
                     finish(j, &mut in_flight, &mut slots, &tx);
                 }
             }
-            _ = committed.notified(), if !stopping && !more_waiting => {}
+            Some(slots_done) = committed_rx.recv() => {
+                for i in slots_done {
+                    slots[i].in_flight -= 1;
+                }
+            }
             _ = wake.changed_or(idle_until), if !stopping => {}
         }
     }
@@ -382,16 +388,15 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
 fn finish(
     joined: Result<(tokio::task::Id, (ClaimedRow, StepOutcome)), tokio::task::JoinError>,
     in_flight: &mut HashMap<tokio::task::Id, InFlight>,
-    slots: &mut [SinkSlot],
-    tx: &mpsc::UnboundedSender<Completion>,
+    slots: &[SinkSlot],
+    tx: &mpsc::UnboundedSender<(usize, Completion)>,
 ) {
     let id = match &joined {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
     let Some(f) = in_flight.remove(&id) else { return };
-    let slot = &mut slots[f.slot];
-    slot.in_flight -= 1;
+    let slot = &slots[f.slot];
     let now = now_ms();
     let completion = match joined {
         Ok((_, (row, outcome))) => {
@@ -441,7 +446,7 @@ fn finish(
         },
     };
     // The completer only stops after this loop has dropped the sender.
-    let _ = tx.send(completion);
+    let _ = tx.send((f.slot, completion));
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -479,24 +484,31 @@ fn log_verdict(sink: &str, row: &ClaimedRow, outcome: &StepOutcome, action: &Act
 async fn completer(
     store: Store,
     owner: String,
-    mut rx: mpsc::UnboundedReceiver<Completion>,
-    committed: Arc<Notify>,
+    mut rx: mpsc::UnboundedReceiver<(usize, Completion)>,
+    committed: mpsc::UnboundedSender<Vec<usize>>,
     counters: Arc<Counters>,
 ) {
     const MAX_BATCH: usize = 1024;
     let mut health = DbHealth::default();
     let mut batch: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
+    let mut batch_slots: Vec<usize> = Vec::with_capacity(MAX_BATCH);
     let mut closed = false;
     loop {
         if batch.is_empty() {
             match rx.recv().await {
-                Some(c) => batch.push(c),
+                Some((slot, c)) => {
+                    batch_slots.push(slot);
+                    batch.push(c);
+                }
                 None => return,
             }
         }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(c) => batch.push(c),
+                Ok((slot, c)) => {
+                    batch_slots.push(slot);
+                    batch.push(c);
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -526,7 +538,8 @@ async fn completer(
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 batch.clear();
-                committed.notify_one();
+                // The worker loop may be gone at shutdown; then nobody needs the slots.
+                let _ = committed.send(std::mem::take(&mut batch_slots));
             }
             Err(e) => {
                 health.failed("recording verdicts", &e);
@@ -539,7 +552,8 @@ async fn completer(
         }
         if closed && batch.is_empty() && rx.is_empty() {
             // Drain whatever is left (the sender is gone, recv returns None when empty).
-            while let Ok(c) = rx.try_recv() {
+            while let Ok((slot, c)) = rx.try_recv() {
+                batch_slots.push(slot);
                 batch.push(c);
             }
             if batch.is_empty() {

@@ -72,9 +72,9 @@ fn text<'a>(
         Some(Value::String(s)) if s.trim().is_empty() => {
             Err(invalid(format!("参数错误: {path} 不能为空")))
         }
-        Some(Value::String(s)) if s.chars().count() > max_len => Err(invalid(format!(
-            "参数错误: {path} 长度不能超过{max_len}"
-        ))),
+        Some(Value::String(s)) if s.chars().count() > max_len => {
+            Err(invalid(format!("参数错误: {path} 长度不能超过{max_len}")))
+        }
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(invalid(format!("参数错误: {path} 应为字符串"))),
     }
@@ -178,7 +178,12 @@ pub struct Ledger {
 impl Ledger {
     /// Decides one request from its raw body. A body not declared as JSON is malformed, as
     /// a JSON-binding server would find it.
-    pub fn handle(&mut self, config: &SimConfig, content_type: Option<&str>, body: &[u8]) -> Outcome {
+    pub fn handle(
+        &mut self,
+        config: &SimConfig,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Outcome {
         let declared_json = content_type.is_some_and(|ct| {
             ct.split(';').next().is_some_and(|mime| {
                 let mime = mime.trim();
@@ -271,7 +276,8 @@ mod tests {
 
     #[test]
     fn invalid_fields_are_named() {
-        let cases: [(&str, fn(&mut Value)); 8] = [
+        type Spoil = fn(&mut Value);
+        let cases: [(&str, Spoil); 8] = [
             ("SYS_HEAD.REGISTER_DID", |b| {
                 b["SYS_HEAD"]["REGISTER_DID"] = json!("")
             }),
@@ -279,12 +285,17 @@ mod tests {
                 b["SYS_HEAD"]["ACCOUNT_DID"] = json!("AC000000000000012345")
             }),
             ("COM_METERAGE.SETTLEMENT_AID", |b| {
-                b["COM_METERAGE"].as_object_mut().unwrap().remove("SETTLEMENT_AID");
+                b["COM_METERAGE"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("SETTLEMENT_AID");
             }),
             ("COM_METERAGE.NORMAL_RETRO_TYPE", |b| {
                 b["COM_METERAGE"]["NORMAL_RETRO_TYPE"] = json!("3")
             }),
-            ("COM_METER_INFO_TMP", |b| b["COM_METER_INFO_TMP"] = json!([])),
+            ("COM_METER_INFO_TMP", |b| {
+                b["COM_METER_INFO_TMP"] = json!([])
+            }),
             ("COM_METER_INFO_TMP[0].READINGS_TYPE", |b| {
                 b["COM_METER_INFO_TMP"][0]["READINGS_TYPE"] = json!(1)
             }),

@@ -26,6 +26,18 @@ pub const EXPIRED: &str = "resultKey已过期";
 pub const NO_ORDER: &str = "订单不存在";
 pub const BAD_TOKEN: &str = "token无效";
 
+/// Required start fields, in the order of the interface document.
+const START_REQUIRED: [&str; 8] = [
+    "simId",
+    "portNum",
+    "param",
+    "payMoney",
+    "selectPriceType",
+    "infoPriceId",
+    "chargeBefore",
+    "isAdvanceReceive",
+];
+
 /// Start fields that must be integers; `payMoney` is a decimal.
 const START_INTEGERS: [&str; 6] = [
     "portNum",
@@ -118,14 +130,12 @@ impl Lbb {
     }
 
     /// Starts a charge: validates, then creates the pending result and, per the script, the
-    /// order. `scripted` records whether the script was given explicitly.
-    #[allow(clippy::too_many_arguments)]
+    /// order. `script` is `None` for a start nobody scripted (default behaviour).
     pub fn start(
         &mut self,
         config: &SimConfig,
         form: &Form,
-        script: &LbbScript,
-        scripted: bool,
+        script: Option<&LbbScript>,
         domain: &str,
         now: Instant,
         now_ms: i64,
@@ -133,8 +143,10 @@ impl Lbb {
         if form.get("token") != Some(config.lbbtech_token.as_str()) {
             return refused(BAD_TOKEN);
         }
-        let required = ["simId", "payMoney"].into_iter().chain(START_INTEGERS);
-        if let Some(missing) = required.clone().find(|name| form.present(name).is_none()) {
+        if let Some(missing) = START_REQUIRED
+            .iter()
+            .find(|name| form.present(name).is_none())
+        {
             return refused(&format!("参数{missing}不能为空"));
         }
         let integers = START_INTEGERS.into_iter().chain(
@@ -142,7 +154,13 @@ impl Lbb {
             form.present("userId").map(|_| "userId"),
         );
         for name in integers {
-            if form.get(name).unwrap_or_default().trim().parse::<i64>().is_err() {
+            if form
+                .get(name)
+                .unwrap_or_default()
+                .trim()
+                .parse::<i64>()
+                .is_err()
+            {
                 return refused(&format!("参数{name}格式错误"));
             }
         }
@@ -155,6 +173,8 @@ impl Lbb {
         {
             return refused("参数payMoney格式错误");
         }
+        let scripted = script.is_some();
+        let script = script.cloned().unwrap_or_default();
         let sim_id = form.get("simId").unwrap_or_default().to_owned();
         let port_num = form
             .get("portNum")
@@ -187,7 +207,7 @@ impl Lbb {
                 port_num,
                 started_at: now,
                 polls: 0,
-                script: script.clone(),
+                script,
                 scripted,
             },
         );
@@ -311,8 +331,7 @@ mod tests {
         let outcome = lbb.start(
             &SimConfig::default(),
             &start_form("865933034812509"),
-            script,
-            true,
+            Some(script),
             "http://127.0.0.1:1",
             now,
             NOW_MS,
@@ -345,9 +364,16 @@ mod tests {
         let now = Instant::now();
         let mut form = start_form("1");
         form = Form::from_pairs(form.distinct().map(|(k, v)| {
-            (k.to_owned(), if k == "token" { "nope".to_owned() } else { v.to_owned() })
+            (
+                k.to_owned(),
+                if k == "token" {
+                    "nope".to_owned()
+                } else {
+                    v.to_owned()
+                },
+            )
         }));
-        let outcome = lbb.start(&config, &form, &script, false, "d", now, NOW_MS);
+        let outcome = lbb.start(&config, &form, Some(&script), "d", now, NOW_MS);
         assert_eq!(
             outcome.reply,
             json!({"code": "-1", "error": "token无效", "success": false})
@@ -358,7 +384,7 @@ mod tests {
                 .filter(|(k, _)| *k != "infoPriceId")
                 .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
-        let outcome = lbb.start(&config, &form, &script, false, "d", now, NOW_MS);
+        let outcome = lbb.start(&config, &form, Some(&script), "d", now, NOW_MS);
         assert_eq!(outcome.reply["error"], "参数infoPriceId不能为空");
         assert!(!outcome.applied);
         assert_eq!(lbb.start_count("1"), 0);
@@ -466,7 +492,11 @@ mod tests {
                     json!({"success": false, "code": "-1", "error": "订单不存在"})
                 ),
                 Some(mut data) => {
-                    let detail = if data.is_array() { &mut data[0] } else { &mut data };
+                    let detail = if data.is_array() {
+                        &mut data[0]
+                    } else {
+                        &mut data
+                    };
                     detail["orderNum"] = json!(order);
                     assert_eq!(
                         outcome.reply,

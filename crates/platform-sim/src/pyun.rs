@@ -106,6 +106,17 @@ pub fn reply(code: &str, message: &str, hint: Option<&str>, seqno: &str) -> Valu
     body
 }
 
+/// The reply a script asks for. A success code with a hint and no message gets the
+/// platform's "ignored" message, the shape the real platform uses for such replies.
+pub fn scripted_reply(code: &str, message: Option<&str>, hint: Option<&str>, seqno: &str) -> Value {
+    let message = match (message, hint) {
+        (Some(message), _) => message,
+        (None, Some(_)) if matches!(code, "200" | "1001") => "已忽略当前请求",
+        (None, _) => default_message(code),
+    };
+    reply(code, message, hint, seqno)
+}
+
 fn rejected(code: &str, message: &str, hint: Option<&str>, seqno: &str) -> Outcome {
     Outcome::rejected(code, reply(code, message, hint, seqno))
 }
@@ -331,8 +342,10 @@ mod tests {
 
     #[test]
     fn scripted_replies_get_default_messages() {
-        let body = reply("503", default_message("503"), None, "s");
+        let body = scripted_reply("503", None, None, "s");
         assert_eq!(body["message"], "服务暂不可用");
         assert_eq!(body["path"], format!("POST {PATH}"));
+        let body = scripted_reply("200", None, Some("签名验证不通过"), "s");
+        assert_eq!(body["message"], "已忽略当前请求");
     }
 }

@@ -191,7 +191,12 @@ impl Records {
 mod tests {
     use super::*;
 
-    fn request(platform: Platform, key: &str, applied: bool, status: Option<u16>) -> RecordedRequest {
+    fn request(
+        platform: Platform,
+        key: &str,
+        applied: bool,
+        status: Option<u16>,
+    ) -> RecordedRequest {
         RecordedRequest {
             seq: 0,
             received_at_ms: 0,
