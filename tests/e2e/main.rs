@@ -2,4 +2,6 @@
 //! loopback. One test binary (svix's layout) so the suite links once.
 
 mod cli;
+mod epeis;
+mod lbbtech;
 mod pyun;

@@ -11,7 +11,9 @@ use outbox_core::store::{OpenOptions, Store};
 use platform_sim::{SimConfig, SimHandle};
 
 /// Secret values the tests hand to outboxd; they must never show up in its output or DB.
-pub const PYUN_SECRET: &str = "6409292d66625a2a0912acfc61ed956c";
+pub const PYUN_SECRET: &str = platform_sim::config::DEMO_PYUN_APP_SECRET;
+pub const EPEIS_DYNAMIC_KEY: &str = platform_sim::config::DEMO_EPEIS_DYNAMIC_KEY;
+pub const LBBTECH_TOKEN: &str = platform_sim::config::DEMO_LBBTECH_TOKEN;
 
 /// A built binary of the workspace. `cargo test` builds the test's own package only, so the
 /// scripts build every binary first (`cargo build --workspace --bins`).
@@ -124,6 +126,8 @@ concurrency = 16
         let mut c = Command::new(bin("outboxd"));
         c.arg("--config").arg(&self.config_path);
         c.env("TEST_PYUN_SECRET", PYUN_SECRET);
+        c.env("TEST_EPEIS_KEY", EPEIS_DYNAMIC_KEY);
+        c.env("TEST_LBBTECH_TOKEN", LBBTECH_TOKEN);
         c.env_remove("RUST_LOG");
         c
     }

@@ -97,6 +97,8 @@ struct SinkSlot {
     policy: RetryPolicy,
     concurrency: usize,
     in_flight: usize,
+    /// Why the sink is held (see [`Sink::hold`]), to log only changes.
+    held: Option<String>,
 }
 
 struct InFlight {
@@ -198,6 +200,7 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
             policy: sc.retry_policy(&config.retry).clone(),
             concurrency: sc.concurrency,
             in_flight: 0,
+            held: None,
         });
     }
     let known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
@@ -256,6 +259,17 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
 
             for (i, slot) in slots.iter_mut().enumerate() {
                 if paused.contains(&slot.name) || health.failing_since.is_some() {
+                    continue;
+                }
+                let hold = slot.sink.hold(now_ms());
+                if hold != slot.held {
+                    match &hold {
+                        Some(why) => tracing::error!(sink = %slot.name, reason = %why, "holding this sink's rows (no attempts used) until the cause is fixed"),
+                        None => tracing::info!(sink = %slot.name, "sink no longer held; delivering again"),
+                    }
+                    slot.held = hold;
+                }
+                if slot.held.is_some() {
                     continue;
                 }
                 let free = slot.concurrency - slot.in_flight;

@@ -1,6 +1,8 @@
 //! Sinks: one per platform contract. Each sink module keeps its protocol pure (validate a
 //! payload, build a request, classify a reply) and does its I/O through [`crate::http`].
 
+pub mod epeis;
+pub mod lbbtech;
 pub mod pyun;
 
 use std::fmt;
@@ -43,6 +45,8 @@ impl fmt::Display for SinkType {
 /// A configured sink, ready to deliver.
 pub enum Sink {
     Pyun(pyun::PyunSink),
+    Epeis(epeis::EpeisSink),
+    Lbbtech(lbbtech::LbbtechSink),
 }
 
 impl Sink {
@@ -51,27 +55,36 @@ impl Sink {
         let secret = cfg.load_secret(name)?;
         match cfg.kind {
             SinkType::Pyun => Ok(Sink::Pyun(pyun::PyunSink::new(cfg, secret, client)?)),
-            other => Err(format!("sinks.{name}: sink type {other} is not available in this build")),
+            SinkType::Epeis => Ok(Sink::Epeis(epeis::EpeisSink::new(cfg, secret, client)?)),
+            SinkType::Lbbtech => Ok(Sink::Lbbtech(lbbtech::LbbtechSink::new(cfg, secret, client)?)),
         }
     }
 
     pub fn kind(&self) -> SinkType {
         match self {
             Sink::Pyun(_) => SinkType::Pyun,
+            Sink::Epeis(_) => SinkType::Epeis,
+            Sink::Lbbtech(_) => SinkType::Lbbtech,
         }
     }
 
-    /// Whether the platform tolerates a re-sent request (a duplicate is harmless).
-    pub fn idempotent(&self) -> bool {
-        match self {
-            Sink::Pyun(_) => true,
-        }
-    }
-
-    /// Whether an ambiguous outcome is retried (true) or parked for an operator.
+    /// Whether an ambiguous outcome (the request may have been applied) is retried (true)
+    /// or parked for an operator. Only safe where the platform deduplicates.
     pub fn retry_ambiguous(&self) -> bool {
         match self {
             Sink::Pyun(_) => true,
+            Sink::Epeis(s) => s.retry_ambiguous(),
+            Sink::Lbbtech(s) => s.retry_ambiguous(),
+        }
+    }
+
+    /// Why this sink's rows must be held right now without using attempts (e.g. an expired
+    /// credential); `None` when it can deliver. Checked by the worker before each claim.
+    pub fn hold(&self, now_ms: i64) -> Option<String> {
+        match self {
+            Sink::Pyun(_) => None,
+            Sink::Epeis(s) => s.hold(now_ms),
+            Sink::Lbbtech(s) => s.hold(now_ms),
         }
     }
 
@@ -80,6 +93,8 @@ impl Sink {
     pub async fn deliver(&self, row: &ClaimedRow) -> StepOutcome {
         match self {
             Sink::Pyun(s) => s.deliver(row).await,
+            Sink::Epeis(s) => s.deliver(row).await,
+            Sink::Lbbtech(s) => s.deliver(row).await,
         }
     }
 }
@@ -88,8 +103,7 @@ impl Sink {
 pub fn validate_config(name: &str, cfg: &SinkConfig) -> Vec<String> {
     match cfg.kind {
         SinkType::Pyun => pyun::validate_config(name, cfg),
-        SinkType::Epeis | SinkType::Lbbtech => {
-            vec![format!("sinks.{name}: sink type {} is not available in this build", cfg.kind)]
-        }
+        SinkType::Epeis => epeis::validate_config(name, cfg),
+        SinkType::Lbbtech => lbbtech::validate_config(name, cfg),
     }
 }

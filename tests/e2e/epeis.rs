@@ -1,0 +1,1 @@
+//! dosage → epeis RepairDosageBack, through the real daemon.

@@ -1,0 +1,1 @@
+//! charge_start → lbbtech start, poll and verify, through the real daemon.
