@@ -9,7 +9,11 @@ async fn refuses_to_start_on_a_missing_schema_and_names_the_fix() {
     let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
     // An empty database file (no migrations applied).
     std::fs::write(dir.path().join("fresh.db"), b"").unwrap();
-    let out = env.outboxd().args(["--database-url", &url, "run"]).output().unwrap();
+    let out = env
+        .outboxd()
+        .args(["--database-url", &url, "run"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("outbox-migrate --database-url"), "{err}");
@@ -36,7 +40,11 @@ secret_env = "NOT_SET_ANYWHERE"
     }
     env.write_config("");
     let ok = env.outboxd().arg("check-config").output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[tokio::test]
@@ -47,16 +55,44 @@ async fn enqueue_command_is_idempotent() {
     let arg = format!("@{}", payload.display());
     let run = || {
         env.outboxd()
-            .args(["enqueue", "--sink", "pyun", "--type", "charge_end", "--key", "CLI-1", "--payload", &arg])
+            .args([
+                "enqueue",
+                "--sink",
+                "pyun",
+                "--type",
+                "charge_end",
+                "--key",
+                "CLI-1",
+                "--payload",
+                &arg,
+            ])
             .output()
             .unwrap()
     };
     let first = run();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stdout).contains("enqueued"));
     let second = run();
     assert!(String::from_utf8_lossy(&second.stdout).contains("already in the outbox"));
-    let bad = env.outboxd().args(["enqueue", "--sink", "pyun", "--type", "refund", "--key", "x", "--payload", "{}"]).output().unwrap();
+    let bad = env
+        .outboxd()
+        .args([
+            "enqueue",
+            "--sink",
+            "pyun",
+            "--type",
+            "refund",
+            "--key",
+            "x",
+            "--payload",
+            "{}",
+        ])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type"));
     let _ = bin("outboxd");

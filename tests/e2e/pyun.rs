@@ -14,7 +14,14 @@ async fn happy_path_delivers_each_order_once() {
     let store = env.store().await;
     for i in 0..50 {
         let key = format!("ORDER-{i:03}");
-        env.enqueue(&store, "pyun", EventType::ChargeEnd, &key, &charge_end(&key)).await;
+        env.enqueue(
+            &store,
+            "pyun",
+            EventType::ChargeEnd,
+            &key,
+            &charge_end(&key),
+        )
+        .await;
     }
     let out = env.run_until_idle(RUN).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,17 +36,33 @@ async fn happy_path_delivers_each_order_once() {
         assert_eq!(row.attempts, 1);
     }
     // Every request the platform saw was signed and accepted.
-    assert!(env.sim.requests().iter().all(|r| r.reply_code.as_deref() == Some("200") && r.applied));
+    assert!(env
+        .sim
+        .requests()
+        .iter()
+        .all(|r| r.reply_code.as_deref() == Some("200") && r.applied));
 }
 
 #[tokio::test]
 async fn success_with_hint_is_final_and_visible() {
     let env = Env::sqlite().await;
     let store = env.store().await;
-    env.sim.script_pyun("HINTED", vec![Step::code_hint("200", "签名验证不通过")]);
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "HINTED", &charge_end("HINTED")).await;
+    env.sim
+        .script_pyun("HINTED", vec![Step::code_hint("200", "签名验证不通过")]);
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "HINTED",
+        &charge_end("HINTED"),
+    )
+    .await;
     let out = env.run_until_idle(RUN).await;
-    assert_eq!(env.sim.request_count(Platform::Pyun, "HINTED"), 1, "a hinted success is never retried");
+    assert_eq!(
+        env.sim.request_count(Platform::Pyun, "HINTED"),
+        1,
+        "a hinted success is never retried"
+    );
     let row = store.row("pyun", "HINTED").await.unwrap().unwrap();
     assert_eq!(row.status, "delivered");
     assert_eq!(row.hint.as_deref(), Some("签名验证不通过"));
@@ -58,20 +81,44 @@ async fn success_with_hint_is_final_and_visible() {
 async fn retry_after_503_uses_a_fresh_timestamp_and_signature() {
     let env = Env::sqlite().await;
     let store = env.store().await;
-    env.sim.script_pyun("FLAKY", vec![Step::code("503"), Step::http(503), Step::ok()]);
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "FLAKY", &charge_end("FLAKY")).await;
+    env.sim.script_pyun(
+        "FLAKY",
+        vec![Step::code("503"), Step::http(503), Step::ok()],
+    );
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "FLAKY",
+        &charge_end("FLAKY"),
+    )
+    .await;
     env.run_until_idle(RUN).await;
-    let reqs: Vec<_> = env.sim.requests().into_iter().filter(|r| r.key.as_deref() == Some("FLAKY")).collect();
+    let reqs: Vec<_> = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some("FLAKY"))
+        .collect();
     assert_eq!(reqs.len(), 3);
     assert!(reqs[2].applied);
     let field = |i: usize, f: &str| reqs[i].params[f].as_str().unwrap().to_string();
     for i in 1..3 {
-        assert!(field(i, "timestamp").parse::<i64>().unwrap() > field(i - 1, "timestamp").parse::<i64>().unwrap());
+        assert!(
+            field(i, "timestamp").parse::<i64>().unwrap()
+                > field(i - 1, "timestamp").parse::<i64>().unwrap()
+        );
         assert_ne!(field(i, "sign"), field(i - 1, "sign"));
     }
     let row = store.row("pyun", "FLAKY").await.unwrap().unwrap();
     assert_eq!((row.status.as_str(), row.attempts), ("delivered", 3));
-    let outcomes: Vec<String> = store.attempts(row.id).await.unwrap().into_iter().map(|a| a.outcome).collect();
+    let outcomes: Vec<String> = store
+        .attempts(row.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
     assert_eq!(outcomes, ["retry", "retry", "delivered"]);
 }
 
@@ -79,15 +126,30 @@ async fn retry_after_503_uses_a_fresh_timestamp_and_signature() {
 async fn retry_after_header_is_honoured() {
     let env = Env::sqlite().await;
     let store = env.store().await;
-    env.sim.script_pyun("SLOWDOWN", vec![Step::http_retry_after(503, 1)]);
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "SLOWDOWN", &charge_end("SLOWDOWN")).await;
+    env.sim
+        .script_pyun("SLOWDOWN", vec![Step::http_retry_after(503, 1)]);
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "SLOWDOWN",
+        &charge_end("SLOWDOWN"),
+    )
+    .await;
     // The config's cap (200ms) would retry sooner; the cap also bounds Retry-After, so
     // raise it for this test.
     env.write_config("");
-    let cfg = std::fs::read_to_string(&env.config_path).unwrap().replace("cap = \"200ms\"", "cap = \"5s\"");
+    let cfg = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace("cap = \"200ms\"", "cap = \"5s\"");
     env.write_config_raw(&cfg);
     env.run_until_idle(RUN).await;
-    let reqs: Vec<_> = env.sim.requests().into_iter().filter(|r| r.key.as_deref() == Some("SLOWDOWN")).collect();
+    let reqs: Vec<_> = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.key.as_deref() == Some("SLOWDOWN"))
+        .collect();
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].received_at_ms - reqs[0].received_at_ms;
     assert!(gap >= 1000, "retried after {gap}ms despite Retry-After: 1");
@@ -97,18 +159,45 @@ async fn retry_after_header_is_honoured() {
 async fn a_400_is_dead_lettered_after_one_attempt_with_the_hint() {
     let env = Env::sqlite().await;
     let store = env.store().await;
-    env.sim.script_pyun("BAD", vec![Step::code_hint("400", "`vin` invalid~")]);
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "BAD", &charge_end("BAD")).await;
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "GOOD", &charge_end("GOOD")).await;
+    env.sim
+        .script_pyun("BAD", vec![Step::code_hint("400", "`vin` invalid~")]);
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "BAD",
+        &charge_end("BAD"),
+    )
+    .await;
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "GOOD",
+        &charge_end("GOOD"),
+    )
+    .await;
     env.run_until_idle(RUN).await;
     assert_eq!(env.sim.request_count(Platform::Pyun, "BAD"), 1);
-    assert_eq!(env.sim.applied_count(Platform::Pyun, "GOOD"), 1, "one bad row does not block the rest");
+    assert_eq!(
+        env.sim.applied_count(Platform::Pyun, "GOOD"),
+        1,
+        "one bad row does not block the rest"
+    );
     let dead = store.dead_list(Some("pyun"), None, None, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].idempotency_key, "BAD");
     assert_eq!(dead[0].attempts, 1);
-    assert!(dead[0].reason.contains("400") && dead[0].reason.contains("`vin` invalid~"), "{}", dead[0].reason);
-    assert!(dead[0].last_reply.as_deref().unwrap_or("").contains("`vin` invalid~"));
+    assert!(
+        dead[0].reason.contains("400") && dead[0].reason.contains("`vin` invalid~"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(dead[0]
+        .last_reply
+        .as_deref()
+        .unwrap_or("")
+        .contains("`vin` invalid~"));
     assert!(store.row("pyun", "BAD").await.unwrap().is_none());
 }
 
@@ -118,22 +207,56 @@ async fn invalid_payload_is_dead_lettered_without_a_request() {
     let store = env.store().await;
     let mut p = charge_end("INVALID");
     p["end_time"] = "2026-11-24 09:20:00".into();
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "INVALID", &p).await;
+    env.enqueue(&store, "pyun", EventType::ChargeEnd, "INVALID", &p)
+        .await;
     let mut q = charge_end("MISMATCH");
     q["replenish_order"] = "SOMETHING-ELSE".into();
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "MISMATCH", &q).await;
-    env.enqueue(&store, "pyun", EventType::Dosage, "WRONG-TYPE", &charge_end("WRONG-TYPE")).await;
-    env.enqueue(&store, "nosuchsink", EventType::ChargeEnd, "NO-SINK", &charge_end("NO-SINK")).await;
+    env.enqueue(&store, "pyun", EventType::ChargeEnd, "MISMATCH", &q)
+        .await;
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::Dosage,
+        "WRONG-TYPE",
+        &charge_end("WRONG-TYPE"),
+    )
+    .await;
+    env.enqueue(
+        &store,
+        "nosuchsink",
+        EventType::ChargeEnd,
+        "NO-SINK",
+        &charge_end("NO-SINK"),
+    )
+    .await;
     env.run_until_idle(RUN).await;
-    assert!(env.sim.requests().is_empty(), "no HTTP call for invalid rows");
+    assert!(
+        env.sim.requests().is_empty(),
+        "no HTTP call for invalid rows"
+    );
     let mut dead = store.dead_list(None, None, None, 10).await.unwrap();
     dead.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
-    let reasons: Vec<(&str, &str)> = dead.iter().map(|d| (d.idempotency_key.as_str(), d.reason.as_str())).collect();
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| (d.idempotency_key.as_str(), d.reason.as_str()))
+        .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
-    assert!(reasons[0].0 == "INVALID" && reasons[0].1.contains("`end_time`"), "{reasons:?}");
-    assert!(reasons[1].0 == "MISMATCH" && reasons[1].1.contains("idempotency_key"), "{reasons:?}");
-    assert!(reasons[2].0 == "NO-SINK" && reasons[2].1.contains("not configured"), "{reasons:?}");
-    assert!(reasons[3].0 == "WRONG-TYPE" && reasons[3].1.contains("delivers charge_end events"), "{reasons:?}");
+    assert!(
+        reasons[0].0 == "INVALID" && reasons[0].1.contains("`end_time`"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0 == "MISMATCH" && reasons[1].1.contains("idempotency_key"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].0 == "NO-SINK" && reasons[2].1.contains("not configured"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].0 == "WRONG-TYPE" && reasons[3].1.contains("delivers charge_end events"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]
@@ -145,27 +268,56 @@ async fn kill_9_mid_drain_loses_nothing() {
     for i in 0..n {
         let key = format!("K9-{i:04}");
         if i % 10 == 0 {
-            env.sim.script_pyun(&key, vec![Step::ok().delayed(Duration::from_millis(300))]);
+            env.sim
+                .script_pyun(&key, vec![Step::ok().delayed(Duration::from_millis(300))]);
         }
-        env.enqueue(&store, "pyun", EventType::ChargeEnd, &key, &charge_end(&key)).await;
+        env.enqueue(
+            &store,
+            "pyun",
+            EventType::ChargeEnd,
+            &key,
+            &charge_end(&key),
+        )
+        .await;
     }
     let mut daemon = env.spawn_daemon();
-    assert!(env.sim.wait_for_requests(n / 3, Duration::from_secs(30)).await, "the daemon made no progress");
+    assert!(
+        env.sim
+            .wait_for_requests(n / 3, Duration::from_secs(30))
+            .await,
+        "the daemon made no progress"
+    );
     daemon.start_kill().unwrap(); // SIGKILL
     daemon.wait().await.unwrap();
     let seen_before = env.sim.requests().len();
-    assert!(seen_before < n, "killed too late to test anything ({seen_before} requests)");
+    assert!(
+        seen_before < n,
+        "killed too late to test anything ({seen_before} requests)"
+    );
 
     env.run_until_idle(RUN).await;
     for i in 0..n {
         let key = format!("K9-{i:04}");
-        assert_eq!(env.sim.applied_count(Platform::Pyun, &key), 1, "{key} lost or applied twice");
-        assert_eq!(store.row("pyun", &key).await.unwrap().unwrap().status, "delivered", "{key}");
+        assert_eq!(
+            env.sim.applied_count(Platform::Pyun, &key),
+            1,
+            "{key} lost or applied twice"
+        );
+        assert_eq!(
+            store.row("pyun", &key).await.unwrap().unwrap().status,
+            "delivered",
+            "{key}"
+        );
     }
     // Duplicates (same key sent again) are bounded by what was claimed but not yet
     // recorded at the kill, which is at most the sink's concurrency.
-    let duplicates: usize = (0..n).map(|i| env.sim.request_count(Platform::Pyun, &format!("K9-{i:04}")) - 1).sum();
-    assert!(duplicates <= 16, "{duplicates} duplicate requests; concurrency is 16");
+    let duplicates: usize = (0..n)
+        .map(|i| env.sim.request_count(Platform::Pyun, &format!("K9-{i:04}")) - 1)
+        .sum();
+    assert!(
+        duplicates <= 16,
+        "{duplicates} duplicate requests; concurrency is 16"
+    );
 }
 
 #[tokio::test]
@@ -173,16 +325,46 @@ async fn secrets_never_reach_logs_or_the_database() {
     let env = Env::sqlite().await;
     let store = env.store().await;
     // Failures of every kind, so every error path writes its text somewhere.
-    env.sim.script_pyun("S1", vec![Step::code("503"), Step::garbage(), Step::drop_after(), Step::ok()]);
-    env.sim.script_pyun("S2", vec![Step::code_hint("401", "签名验证不通过")]);
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "S1", &charge_end("S1")).await;
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "S2", &charge_end("S2")).await;
+    env.sim.script_pyun(
+        "S1",
+        vec![
+            Step::code("503"),
+            Step::garbage(),
+            Step::drop_after(),
+            Step::ok(),
+        ],
+    );
+    env.sim
+        .script_pyun("S2", vec![Step::code_hint("401", "签名验证不通过")]);
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "S1",
+        &charge_end("S1"),
+    )
+    .await;
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "S2",
+        &charge_end("S2"),
+    )
+    .await;
     let out = env.run_until_idle(RUN).await;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("S2"), "the log should mention the dead row");
     assert!(!text.contains(PYUN_SECRET), "secret in the log");
     store.close().await;
-    assert!(!sqlite_files_contain(env.path(), PYUN_SECRET), "secret in the database");
+    assert!(
+        !sqlite_files_contain(env.path(), PYUN_SECRET),
+        "secret in the database"
+    );
     // The check itself works: the payload's order number is in the file.
     assert!(sqlite_files_contain(env.path(), "S2"));
 }

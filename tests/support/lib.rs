@@ -56,13 +56,20 @@ impl Env {
                 panic!("OUTBOX_TEST_PG_URL is not set: in CI the Postgres tests must run (scripts/test.sh starts a cluster)")
             }
             Err(_) => {
-                eprintln!("skipping: OUTBOX_TEST_PG_URL is not set (scripts/test.sh starts a cluster)");
+                eprintln!(
+                    "skipping: OUTBOX_TEST_PG_URL is not set (scripts/test.sh starts a cluster)"
+                );
                 return None;
             }
         };
         let name = format!("e2e_{}_{}", std::process::id(), rand_suffix());
-        let admin = sqlx::PgPool::connect(&base).await.expect("connecting to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("creating a test database");
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .expect("connecting to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("creating a test database");
         admin.close().await;
         let url = match base.rfind('/') {
             Some(i) => format!("{}/{name}", &base[..i]),
@@ -72,11 +79,26 @@ impl Env {
     }
 
     async fn with_url(dir: tempfile::TempDir, db_url: String) -> Env {
-        let out = Command::new(bin("outbox-migrate")).arg("--database-url").arg(&db_url).output().expect("running outbox-migrate");
-        assert!(out.status.success(), "outbox-migrate failed: {}", String::from_utf8_lossy(&out.stderr));
-        let sim = platform_sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::default()).await.expect("starting the simulator");
+        let out = Command::new(bin("outbox-migrate"))
+            .arg("--database-url")
+            .arg(&db_url)
+            .output()
+            .expect("running outbox-migrate");
+        assert!(
+            out.status.success(),
+            "outbox-migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sim = platform_sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
+            .await
+            .expect("starting the simulator");
         let config_path = dir.path().join("outboxd.toml");
-        let env = Env { dir, db_url, sim, config_path };
+        let env = Env {
+            dir,
+            db_url,
+            sim,
+            config_path,
+        };
         env.write_config("");
         env
     }
@@ -135,7 +157,10 @@ concurrency = 16
     /// Runs `outboxd run --until-idle` to completion (bounded by `timeout`).
     pub async fn run_until_idle(&self, timeout: Duration) -> Output {
         let mut cmd = tokio::process::Command::from(self.outboxd());
-        cmd.args(["run", "--until-idle"]).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.args(["run", "--until-idle"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let child = cmd.spawn().expect("starting outboxd");
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
@@ -153,17 +178,33 @@ concurrency = 16
     /// Starts the daemon in the background.
     pub fn spawn_daemon(&self) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::from(self.outboxd());
-        cmd.arg("run").stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.arg("run")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd.spawn().expect("starting outboxd")
     }
 
     pub async fn store(&self) -> Store {
-        Store::open(&self.db_url, &OpenOptions { max_connections: 2, ..OpenOptions::default() })
-            .await
-            .expect("opening the test store")
+        Store::open(
+            &self.db_url,
+            &OpenOptions {
+                max_connections: 2,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("opening the test store")
     }
 
-    pub async fn enqueue(&self, store: &Store, sink: &str, event_type: EventType, key: &str, payload: &serde_json::Value) {
+    pub async fn enqueue(
+        &self,
+        store: &Store,
+        sink: &str,
+        event_type: EventType,
+        key: &str,
+        payload: &serde_json::Value,
+    ) {
         let ev = NewEvent {
             sink: sink.into(),
             event_type,
@@ -172,7 +213,10 @@ concurrency = 16
             ordering_key: None,
             not_before: None,
         };
-        assert!(store.enqueue(&ev).await.expect("enqueue"), "key {key} was already there");
+        assert!(
+            store.enqueue(&ev).await.expect("enqueue"),
+            "key {key} was already there"
+        );
     }
 
     pub fn path(&self) -> &Path {
@@ -183,7 +227,12 @@ concurrency = 16
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
     h.finish() % 1_000_000_000
 }
 

@@ -17,11 +17,17 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/outboxd/outbox.db";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,7 +186,13 @@ fn platform_fields(kind: SinkType) -> &'static [&'static str] {
             "retry_ambiguous",
             "dynamic_key_valid_until",
         ],
-        SinkType::Lbbtech => &["poll_interval", "poll_window", "verify_after", "started_statuses", "callback_url"],
+        SinkType::Lbbtech => &[
+            "poll_interval",
+            "poll_window",
+            "verify_after",
+            "started_statuses",
+            "callback_url",
+        ],
     }
 }
 
@@ -199,7 +211,10 @@ impl SinkConfig {
         f("account_did", self.account_did.is_some());
         f("retryable_codes", self.retryable_codes.is_some());
         f("retry_ambiguous", self.retry_ambiguous.is_some());
-        f("dynamic_key_valid_until", self.dynamic_key_valid_until.is_some());
+        f(
+            "dynamic_key_valid_until",
+            self.dynamic_key_valid_until.is_some(),
+        );
         f("poll_interval", self.poll_interval.is_some());
         f("poll_window", self.poll_window.is_some());
         f("verify_after", self.verify_after.is_some());
@@ -244,27 +259,39 @@ impl SinkConfig {
 impl Config {
     /// Reads, parses and validates a config file, collecting every problem at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parses without the semantic checks, for commands that only need the database
     /// (`status`, `dead`, `enqueue`): they must work even while a secret is missing.
     pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
         }
     }
 
@@ -295,7 +322,10 @@ impl Config {
             let allowed = platform_fields(s.kind);
             for f in s.present_platform_fields() {
                 if !allowed.contains(&f) {
-                    p.push(format!("sinks.{name}: {f} does not apply to type = \"{}\"", s.kind));
+                    p.push(format!(
+                        "sinks.{name}: {f} does not apply to type = \"{}\"",
+                        s.kind
+                    ));
                 }
             }
             if let Err(e) = url::Url::parse(&s.url) {
@@ -405,9 +435,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_durations_are_named() {
-        let err = parse("[worker]\npoll_intervall = \"1s\"\n").unwrap_err().to_string();
+        let err = parse("[worker]\npoll_intervall = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll_intervall"), "{err}");
-        let err = parse("[worker]\npoll_interval = \"1 fortnight\"\n").unwrap_err().to_string();
-        assert!(err.contains("poll_interval") || err.contains("fortnight"), "{err}");
+        let err = parse("[worker]\npoll_interval = \"1 fortnight\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("poll_interval") || err.contains("fortnight"),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,11 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [EventType::ChargeEnd, EventType::Dosage, EventType::ChargeStart];
+    pub const ALL: [EventType; 3] = [
+        EventType::ChargeEnd,
+        EventType::Dosage,
+        EventType::ChargeStart,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,7 +45,9 @@ impl FromStr for EventType {
         EventType::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown event type {s:?} (expected charge_end, dosage or charge_start)"))
+            .ok_or_else(|| {
+                format!("unknown event type {s:?} (expected charge_end, dosage or charge_start)")
+            })
     }
 }
 

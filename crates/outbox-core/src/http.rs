@@ -37,7 +37,11 @@ pub async fn send(request: reqwest::RequestBuilder) -> Sent {
     let started_at = clock::now_ms();
     let t0 = Instant::now();
     let result = send_inner(request).await;
-    Sent { started_at, duration_ms: t0.elapsed().as_millis() as i64, result }
+    Sent {
+        started_at,
+        duration_ms: t0.elapsed().as_millis() as i64,
+        result,
+    }
 }
 
 async fn send_inner(request: reqwest::RequestBuilder) -> Result<HttpReply, SendError> {
@@ -49,11 +53,14 @@ async fn send_inner(request: reqwest::RequestBuilder) -> Result<HttpReply, SendE
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     // The platform answered, so the request reached it: a broken body is ambiguous.
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| SendError::MaybeSent(format!("reading the reply failed: {}", error_chain(&e))))?;
-    Ok(HttpReply { status, retry_after, body: String::from_utf8_lossy(&bytes).into_owned() })
+    let bytes = response.bytes().await.map_err(|e| {
+        SendError::MaybeSent(format!("reading the reply failed: {}", error_chain(&e)))
+    })?;
+    Ok(HttpReply {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }
 
 fn classify_error(e: reqwest::Error) -> SendError {
@@ -75,7 +82,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// An error with its causes, "a: b: c", which is what an operator needs ("connection
@@ -114,17 +124,28 @@ mod tests {
     fn retry_after_seconds_and_dates() {
         assert_eq!(parse_retry_after("5"), Some(Duration::from_secs(5)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[tokio::test]
     async fn refused_connection_is_not_sent() {
         // Bind then drop to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let c = client(Duration::from_secs(2), 4);
         let sent = send(c.post(format!("http://127.0.0.1:{port}/x")).body("a")).await;
-        assert!(matches!(sent.result, Err(SendError::NotSent(_))), "{:?}", sent.result.err());
+        assert!(
+            matches!(sent.result, Err(SendError::NotSent(_))),
+            "{:?}",
+            sent.result.err()
+        );
     }
 
     #[tokio::test]
@@ -140,7 +161,11 @@ mod tests {
         });
         let c = client(Duration::from_secs(2), 4);
         let sent = send(c.post(format!("http://{addr}/x")).body("a")).await;
-        assert!(matches!(sent.result, Err(SendError::MaybeSent(_))), "{:?}", sent.result.err());
+        assert!(
+            matches!(sent.result, Err(SendError::MaybeSent(_))),
+            "{:?}",
+            sent.result.err()
+        );
     }
 
     #[tokio::test]
@@ -153,9 +178,17 @@ mod tests {
             let _ = rx.await; // hold the connection open, never answer
         });
         let c = client(Duration::from_secs(2), 4);
-        let sent =
-            send(c.post(format!("http://{addr}/x")).timeout(Duration::from_millis(200)).body("a")).await;
+        let sent = send(
+            c.post(format!("http://{addr}/x"))
+                .timeout(Duration::from_millis(200))
+                .body("a"),
+        )
+        .await;
         drop(tx);
-        assert!(matches!(sent.result, Err(SendError::MaybeSent(ref m)) if m.contains("timeout")), "{:?}", sent.result.err());
+        assert!(
+            matches!(sent.result, Err(SendError::MaybeSent(ref m)) if m.contains("timeout")),
+            "{:?}",
+            sent.result.err()
+        );
     }
 }

@@ -8,18 +8,31 @@ use std::time::Duration;
 pub enum Verdict {
     /// Final: the platform accepted the event. A `hint` on a success reply is recorded and
     /// shown to operators, but the row is never retried.
-    Delivered { hint: Option<String>, result: Option<String> },
+    Delivered {
+        hint: Option<String>,
+        result: Option<String>,
+    },
     /// Final business outcome that is not an error (e.g. 4pyun `1002` "no parking record").
-    Completed { note: String, result: Option<String> },
+    Completed {
+        note: String,
+        result: Option<String>,
+    },
     /// Try again later (at least `retry_after` if the server said so).
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// Will never succeed as it is: dead-letter it for an operator.
     Permanent { reason: String },
     /// The request may or may not have been applied, and re-sending it is not safe: park it
     /// for an operator (or retry, where the sink is configured to accept duplicates).
     Ambiguous { reason: String },
     /// A multi-step flow moved on: store `state` and run the next step at `next_at` (epoch ms).
-    Continue { state: String, next_at: i64, note: String },
+    Continue {
+        state: String,
+        next_at: i64,
+        note: String,
+    },
 }
 
 impl Verdict {

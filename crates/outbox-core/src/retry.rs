@@ -109,7 +109,9 @@ mod tests {
     fn grows_exponentially_at_the_top_of_the_jitter_range() {
         let p = policy();
         let near_one = 0.999_999;
-        let d: Vec<u64> = (1..=8).map(|a| p.delay(a, near_one).as_millis() as u64).collect();
+        let d: Vec<u64> = (1..=8)
+            .map(|a| p.delay(a, near_one).as_millis() as u64)
+            .collect();
         assert_eq!(d, vec![999, 1999, 3999, 7999, 15999, 31999, 59999, 59999]);
     }
 
@@ -140,7 +142,9 @@ mod tests {
             p.decide(1, Duration::ZERO, None, 0.5),
             Decision::RetryAfter(Duration::from_millis(500))
         );
-        assert!(matches!(p.decide(5, Duration::ZERO, None, 0.5), Decision::GiveUp(r) if r.contains("5 attempts")));
+        assert!(
+            matches!(p.decide(5, Duration::ZERO, None, 0.5), Decision::GiveUp(r) if r.contains("5 attempts"))
+        );
         assert!(matches!(
             p.decide(2, Duration::from_millis(3_599_500), None, 0.5),
             Decision::GiveUp(r) if r.contains("max_age")

@@ -48,6 +48,9 @@ mod tests {
         let s = Secret::new("hunter2-very-secret");
         assert!(!format!("{s:?} {s}").contains("hunter2"));
         assert_eq!(s.expose(), "hunter2-very-secret");
-        assert_eq!(s.scrub("bad key hunter2-very-secret!"), "bad key [redacted]!");
+        assert_eq!(
+            s.scrub("bad key hunter2-very-secret!"),
+            "bad key [redacted]!"
+        );
     }
 }

@@ -11,7 +11,9 @@ pub struct Shutdown {
 
 impl Shutdown {
     pub fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        Shutdown { signal: Some(Box::pin(signal)) }
+        Shutdown {
+            signal: Some(Box::pin(signal)),
+        }
     }
 
     /// A shutdown that never comes (for `--until-idle` runs and tests that end otherwise).

@@ -108,24 +108,58 @@ struct InFlight {
 }
 
 /// Turns a sink's verdict into what the store does with the row.
-pub fn decide(verdict: &Verdict, row: &ClaimedRow, sink: &Sink, policy: &RetryPolicy, now: i64, unit: f64) -> Action {
+pub fn decide(
+    verdict: &Verdict,
+    row: &ClaimedRow,
+    sink: &Sink,
+    policy: &RetryPolicy,
+    now: i64,
+    unit: f64,
+) -> Action {
     let retry = |reason: &str, retry_after: Option<Duration>| {
         let age = Duration::from_millis(now.saturating_sub(row.created_at).max(0) as u64);
         match policy.decide(row.attempts, age, retry_after, unit) {
-            Decision::RetryAfter(d) => Action::Retry { next_at: now + clock::ms(d), error: reason.to_string() },
-            Decision::GiveUp(why) => Action::Dead { reason: format!("{why}; last error: {reason}"), last_reply: None },
+            Decision::RetryAfter(d) => Action::Retry {
+                next_at: now + clock::ms(d),
+                error: reason.to_string(),
+            },
+            Decision::GiveUp(why) => Action::Dead {
+                reason: format!("{why}; last error: {reason}"),
+                last_reply: None,
+            },
         }
     };
     match verdict {
-        Verdict::Delivered { hint, result } => Action::Delivered { hint: hint.clone(), result: result.clone() },
-        Verdict::Completed { note, result } => Action::Done { note: note.clone(), result: result.clone() },
-        Verdict::Retry { reason, retry_after } => retry(reason, *retry_after),
-        Verdict::Permanent { reason } => Action::Dead { reason: reason.clone(), last_reply: None },
+        Verdict::Delivered { hint, result } => Action::Delivered {
+            hint: hint.clone(),
+            result: result.clone(),
+        },
+        Verdict::Completed { note, result } => Action::Done {
+            note: note.clone(),
+            result: result.clone(),
+        },
+        Verdict::Retry {
+            reason,
+            retry_after,
+        } => retry(reason, *retry_after),
+        Verdict::Permanent { reason } => Action::Dead {
+            reason: reason.clone(),
+            last_reply: None,
+        },
         Verdict::Ambiguous { reason } if sink.retry_ambiguous() => retry(reason, None),
-        Verdict::Ambiguous { reason } => Action::Dead { reason: reason.clone(), last_reply: None },
-        Verdict::Continue { state, next_at, note } => {
-            Action::Continue { state: state.clone(), next_at: *next_at, note: note.clone() }
-        }
+        Verdict::Ambiguous { reason } => Action::Dead {
+            reason: reason.clone(),
+            last_reply: None,
+        },
+        Verdict::Continue {
+            state,
+            next_at,
+            note,
+        } => Action::Continue {
+            state: state.clone(),
+            next_at: *next_at,
+            note: note.clone(),
+        },
     }
 }
 
@@ -179,16 +213,33 @@ impl DbHealth {
     fn backoff(&self) -> Duration {
         let down = self.failing_since.map(|s| s.elapsed()).unwrap_or_default();
         // 100ms, growing with the outage, at most 5s.
-        Duration::from_millis(100).max(down / 4).min(Duration::from_secs(5))
+        Duration::from_millis(100)
+            .max(down / 4)
+            .min(Duration::from_secs(5))
     }
 }
 
 /// Runs the worker until shutdown (or until idle, per `mode`). Returns what it did.
-pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: RunMode) -> Result<Summary, WorkerError> {
+pub async fn run(
+    config: &Config,
+    store: Store,
+    mut shutdown: Shutdown,
+    mode: RunMode,
+) -> Result<Summary, WorkerError> {
     let wc: WorkerConfig = config.worker.clone();
     let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
-    let pool_size = config.sinks.values().map(|s| s.concurrency).max().unwrap_or(8);
-    let connect_timeout = config.sinks.values().map(|s| s.connect_timeout).max().unwrap_or(Duration::from_secs(5));
+    let pool_size = config
+        .sinks
+        .values()
+        .map(|s| s.concurrency)
+        .max()
+        .unwrap_or(8);
+    let connect_timeout = config
+        .sinks
+        .values()
+        .map(|s| s.connect_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(5));
     let client = crate::http::client(connect_timeout, pool_size);
 
     let mut slots = Vec::new();
@@ -210,7 +261,13 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
     // delivered twice after a crash are bounded by the sinks' concurrency.
     let (tx, rx) = mpsc::unbounded_channel::<(usize, Completion)>();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Vec<usize>>();
-    let completer = tokio::spawn(completer(store.clone(), owner.clone(), rx, committed_tx, counters.clone()));
+    let completer = tokio::spawn(completer(
+        store.clone(),
+        owner.clone(),
+        rx,
+        committed_tx,
+        counters.clone(),
+    ));
 
     tracing::info!(worker = %owner, backend = store.backend(), sinks = ?known, "outboxd worker started");
 
@@ -237,11 +294,17 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
                 let r = async {
                     let reclaimed = store.reclaim_expired(now).await?;
                     if reclaimed > 0 {
-                        tracing::warn!(rows = reclaimed, "reclaimed rows whose lease expired (a worker stopped mid-delivery)");
+                        tracing::warn!(
+                            rows = reclaimed,
+                            "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
+                        );
                     }
                     let unknown = store.dead_letter_unknown_sinks(&known, now).await?;
                     if unknown > 0 {
-                        tracing::warn!(rows = unknown, "dead-lettered rows addressed to sinks that are not configured");
+                        tracing::warn!(
+                            rows = unknown,
+                            "dead-lettered rows addressed to sinks that are not configured"
+                        );
                         counters.dead.fetch_add(unknown, Ordering::Relaxed);
                     }
                     paused = store.paused_sinks().await?;
@@ -264,8 +327,12 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
                 let hold = slot.sink.hold(now_ms());
                 if hold != slot.held {
                     match &hold {
-                        Some(why) => tracing::error!(sink = %slot.name, reason = %why, "holding this sink's rows (no attempts used) until the cause is fixed"),
-                        None => tracing::info!(sink = %slot.name, "sink no longer held; delivering again"),
+                        Some(why) => {
+                            tracing::error!(sink = %slot.name, reason = %why, "holding this sink's rows (no attempts used) until the cause is fixed")
+                        }
+                        None => {
+                            tracing::info!(sink = %slot.name, "sink no longer held; delivering again")
+                        }
                     }
                     slot.held = hold;
                 }
@@ -282,13 +349,18 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
                 }
                 let limit = (free as u32).min(wc.batch_size);
                 let now = now_ms();
-                match store.claim(&slot.name, &owner, limit, now, now + lease_ms).await {
+                match store
+                    .claim(&slot.name, &owner, limit, now, now + lease_ms)
+                    .await
+                {
                     Ok(rows) => {
                         health.ok();
                         if rows.len() as u32 == limit {
                             more_waiting = true;
                         }
-                        counters.claimed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                        counters
+                            .claimed
+                            .fetch_add(rows.len() as u64, Ordering::Relaxed);
                         for row in rows {
                             slot.in_flight += 1;
                             let sink = slot.sink.clone();
@@ -305,7 +377,14 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
                                 };
                                 (row, outcome)
                             });
-                            in_flight.insert(handle.id(), InFlight { row_id, slot: i, attempt });
+                            in_flight.insert(
+                                handle.id(),
+                                InFlight {
+                                    row_id,
+                                    slot: i,
+                                    attempt,
+                                },
+                            );
                         }
                     }
                     Err(e) => health.failed("claim", &e),
@@ -317,7 +396,12 @@ pub async fn run(config: &Config, store: Store, mut shutdown: Shutdown, mode: Ru
         if stopping && tasks.is_empty() {
             break;
         }
-        if mode == RunMode::UntilIdle && !stopping && tasks.is_empty() && !more_waiting && health.failing_since.is_none() {
+        if mode == RunMode::UntilIdle
+            && !stopping
+            && tasks.is_empty()
+            && !more_waiting
+            && health.failing_since.is_none()
+        {
             match store.stats(now_ms()).await {
                 Ok(stats) => {
                     let open: i64 = stats
@@ -409,7 +493,9 @@ fn finish(
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
-    let Some(f) = in_flight.remove(&id) else { return };
+    let Some(f) = in_flight.remove(&id) else {
+        return;
+    };
     let slot = &slots[f.slot];
     let now = now_ms();
     let completion = match joined {
@@ -557,7 +643,11 @@ async fn completer(
             }
             Err(e) => {
                 health.failed("recording verdicts", &e);
-                if closed && health.failing_since.is_some_and(|s| s.elapsed() > Duration::from_secs(10)) {
+                if closed
+                    && health
+                        .failing_since
+                        .is_some_and(|s| s.elapsed() > Duration::from_secs(10))
+                {
                     tracing::error!(rows = batch.len(), "giving up recording verdicts at shutdown; these rows will be delivered again after their lease expires");
                     return;
                 }

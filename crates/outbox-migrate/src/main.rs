@@ -20,7 +20,10 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let opts = OpenOptions { create: !args.check, ..OpenOptions::default() };
+    let opts = OpenOptions {
+        create: !args.check,
+        ..OpenOptions::default()
+    };
     let store = match Store::open(&args.database_url, &opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -46,11 +49,17 @@ async fn main() -> ExitCode {
     }
     match store.migrate().await {
         Ok(applied) if applied.is_empty() => {
-            println!("schema is current ({} backend); nothing to apply", store.backend());
+            println!(
+                "schema is current ({} backend); nothing to apply",
+                store.backend()
+            );
             ExitCode::SUCCESS
         }
         Ok(applied) => {
-            println!("applied migrations {applied:?} ({} backend)", store.backend());
+            println!(
+                "applied migrations {applied:?} ({} backend)",
+                store.backend()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -5,10 +5,20 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "outboxd", version, about = "Delivers EV-charging events from the outbox table to the charging platforms")]
+#[command(
+    name = "outboxd",
+    version,
+    about = "Delivers EV-charging events from the outbox table to the charging platforms"
+)]
 pub struct Cli {
     /// Config file (TOML). See deploy/outboxd.toml for every option.
-    #[arg(long, short, env = "OUTBOXD_CONFIG", default_value = "/etc/outboxd/outboxd.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "OUTBOXD_CONFIG",
+        default_value = "/etc/outboxd/outboxd.toml",
+        global = true
+    )]
     pub config: PathBuf,
     /// Overrides the config's database_url.
     #[arg(long, env = "OUTBOXD_DATABASE_URL", global = true)]

@@ -19,7 +19,10 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -30,7 +33,9 @@ fn main() -> ExitCode {
 }
 
 async fn open(url: &str) -> Result<Store, String> {
-    Store::open(url, &OpenOptions::default()).await.map_err(|e| format!("cannot open the outbox database {url}: {e}"))
+    Store::open(url, &OpenOptions::default())
+        .await
+        .map_err(|e| format!("cannot open the outbox database {url}: {e}"))
 }
 
 async fn dispatch(cli: Cli) -> Result<(), String> {
@@ -41,7 +46,12 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 "{}: OK ({} sink(s): {}; database {})",
                 cli.config.display(),
                 config.sinks.len(),
-                config.sinks.iter().map(|(n, s)| format!("{n} ({})", s.kind)).collect::<Vec<_>>().join(", "),
+                config
+                    .sinks
+                    .iter()
+                    .map(|(n, s)| format!("{n} ({})", s.kind))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 cli.database_url.as_deref().unwrap_or(&config.database_url)
             );
             Ok(())
@@ -53,9 +63,23 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             }
             logging::init(config.log_level.as_deref());
             let store = open(&config.database_url).await?;
-            store.require_current_schema(&config.database_url).await.map_err(|e| e.to_string())?;
-            let mode = if until_idle { RunMode::UntilIdle } else { RunMode::Forever };
-            let summary = worker::run(&config, store.clone(), Shutdown::new(signals::shutdown_signal()), mode).await.map_err(|e| e.to_string())?;
+            store
+                .require_current_schema(&config.database_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mode = if until_idle {
+                RunMode::UntilIdle
+            } else {
+                RunMode::Forever
+            };
+            let summary = worker::run(
+                &config,
+                store.clone(),
+                Shutdown::new(signals::shutdown_signal()),
+                mode,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             store.close().await;
             if until_idle {
                 println!(
@@ -69,16 +93,25 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             // Database-only commands: the config's sinks and secrets need not be complete.
             let url = match cli.database_url {
                 Some(u) => u,
-                None => Config::load_unchecked(&cli.config).map_err(|e| e.to_string())?.database_url,
+                None => {
+                    Config::load_unchecked(&cli.config)
+                        .map_err(|e| e.to_string())?
+                        .database_url
+                }
             };
             let store = open(&url).await?;
-            store.require_current_schema(&url).await.map_err(|e| e.to_string())?;
+            store
+                .require_current_schema(&url)
+                .await
+                .map_err(|e| e.to_string())?;
             let r = match cmd {
                 Command::Enqueue(a) => ops::enqueue(&store, a).await,
                 Command::Status { json } => ops::status(&store, json).await,
                 Command::Show { sink, key, json } => ops::show(&store, &sink, &key, json).await,
                 Command::Dead(d) => ops::dead(&store, d).await,
-                Command::Pause { sink, note } => ops::pause(&store, &sink, true, note.as_deref()).await,
+                Command::Pause { sink, note } => {
+                    ops::pause(&store, &sink, true, note.as_deref()).await
+                }
                 Command::Resume { sink } => ops::pause(&store, &sink, false, None).await,
                 Command::Run { .. } | Command::CheckConfig => unreachable!("handled above"),
             };

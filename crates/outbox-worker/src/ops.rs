@@ -25,17 +25,26 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
     let payload = match a.payload.strip_prefix('@') {
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading the payload from stdin: {e}"))?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| format!("reading the payload from stdin: {e}"))?;
             s
         }
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading the payload file {path}: {e}"))?,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the payload file {path}: {e}"))?,
         None => a.payload,
     };
-    serde_json::from_str::<serde_json::Value>(&payload).map_err(|e| format!("the payload is not valid JSON: {e}"))?;
+    serde_json::from_str::<serde_json::Value>(&payload)
+        .map_err(|e| format!("the payload is not valid JSON: {e}"))?;
     let not_before = match a.not_before {
         Some(t) => {
-            let at = humantime::parse_rfc3339_weak(&t).map_err(|e| format!("--not-before {t:?}: {e} (use 2026-11-24T10:00:00Z)"))?;
-            Some(at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+            let at = humantime::parse_rfc3339_weak(&t)
+                .map_err(|e| format!("--not-before {t:?}: {e} (use 2026-11-24T10:00:00Z)"))?;
+            Some(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+            )
         }
         None => None,
     };
@@ -48,9 +57,15 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
         not_before,
     };
     if store.enqueue(&ev).await.map_err(store_err)? {
-        println!("enqueued {} {} for sink {}", ev.event_type, ev.idempotency_key, ev.sink);
+        println!(
+            "enqueued {} {} for sink {}",
+            ev.event_type, ev.idempotency_key, ev.sink
+        );
     } else {
-        println!("already in the outbox: sink {} key {} (ignored)", ev.sink, ev.idempotency_key);
+        println!(
+            "already in the outbox: sink {} key {} (ignored)",
+            ev.sink, ev.idempotency_key
+        );
     }
     Ok(())
 }
@@ -58,7 +73,10 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
 pub async fn status(store: &Store, json_out: bool) -> CmdResult {
     let stats = store.stats(now_ms()).await.map_err(store_err)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&stats).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).expect("serialisable")
+        );
         return Ok(());
     }
     if stats.is_empty() {
@@ -70,11 +88,17 @@ pub async fn status(store: &Store, json_out: bool) -> CmdResult {
         .map(|s| {
             vec![
                 s.sink.clone(),
-                if s.paused { "paused".into() } else { "active".into() },
+                if s.paused {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
                 s.pending.to_string(),
                 s.in_flight.to_string(),
                 s.due_now.to_string(),
-                s.oldest_pending_ms.map(clock::age).unwrap_or_else(|| "-".into()),
+                s.oldest_pending_ms
+                    .map(clock::age)
+                    .unwrap_or_else(|| "-".into()),
                 s.delivered.to_string(),
                 s.delivered_last_hour.to_string(),
                 s.done.to_string(),
@@ -87,7 +111,20 @@ pub async fn status(store: &Store, json_out: bool) -> CmdResult {
     print!(
         "{}",
         table::render(
-            &["SINK", "STATE", "PENDING", "IN FLIGHT", "DUE", "OLDEST", "DELIVERED", "LAST HOUR", "DONE", "RETRYING", "DEAD", "HINTS"],
+            &[
+                "SINK",
+                "STATE",
+                "PENDING",
+                "IN FLIGHT",
+                "DUE",
+                "OLDEST",
+                "DELIVERED",
+                "LAST HOUR",
+                "DONE",
+                "RETRYING",
+                "DEAD",
+                "HINTS"
+            ],
             &rows
         )
     );
@@ -106,10 +143,17 @@ pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdRe
     };
     let attempts = store.attempts(row.id).await.map_err(store_err)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"row": row, "attempts": attempts})).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"row": row, "attempts": attempts}))
+                .expect("serialisable")
+        );
         return Ok(());
     }
-    println!("row {} sink {} key {} ({}): {}, {} attempt(s)", row.id, row.sink, row.idempotency_key, row.event_type, row.status, row.attempts);
+    println!(
+        "row {} sink {} key {} ({}): {}, {} attempt(s)",
+        row.id, row.sink, row.idempotency_key, row.event_type, row.status, row.attempts
+    );
     if let Some(h) = &row.hint {
         println!("hint: {h}");
     }
@@ -134,23 +178,54 @@ fn print_attempts(attempts: &[outbox_core::store::AttemptRow]) {
                 a.attempt.to_string(),
                 ago(a.started_at),
                 format!("{}ms", a.duration_ms),
-                a.http_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                a.http_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 a.reply_code.clone().unwrap_or_else(|| "-".into()),
                 a.outcome.clone(),
-                a.hint.clone().or_else(|| a.error.clone()).unwrap_or_default(),
+                a.hint
+                    .clone()
+                    .or_else(|| a.error.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
-    print!("{}", table::render(&["ATTEMPT", "WHEN", "TOOK", "HTTP", "CODE", "OUTCOME", "HINT / ERROR"], &rows));
+    print!(
+        "{}",
+        table::render(
+            &[
+                "ATTEMPT",
+                "WHEN",
+                "TOOK",
+                "HTTP",
+                "CODE",
+                "OUTCOME",
+                "HINT / ERROR"
+            ],
+            &rows
+        )
+    );
 }
 
 pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
     match cmd {
-        DeadCommand::List { sink, since, reason, limit, json } => {
+        DeadCommand::List {
+            sink,
+            since,
+            reason,
+            limit,
+            json,
+        } => {
             let since_ms = since.map(|d| now_ms() - clock::ms(d.into()));
-            let rows = store.dead_list(sink.as_deref(), since_ms, reason.as_deref(), limit).await.map_err(store_err)?;
+            let rows = store
+                .dead_list(sink.as_deref(), since_ms, reason.as_deref(), limit)
+                .await
+                .map_err(store_err)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serialisable")
+                );
                 return Ok(());
             }
             if rows.is_empty() {
@@ -170,7 +245,13 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
                     ]
                 })
                 .collect();
-            print!("{}", table::render(&["ID", "SINK", "KEY", "ATTEMPTS", "DEAD", "REASON"], &table_rows));
+            print!(
+                "{}",
+                table::render(
+                    &["ID", "SINK", "KEY", "ATTEMPTS", "DEAD", "REASON"],
+                    &table_rows
+                )
+            );
             println!("\n`outboxd dead show ID` for details; `outboxd dead requeue ID` once the cause is fixed.");
             Ok(())
         }
@@ -179,14 +260,28 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
                 .dead_get(id)
                 .await
                 .map_err(store_err)?
-                .ok_or_else(|| format!("no dead-lettered row with id {id} (see `outboxd dead list`)"))?;
+                .ok_or_else(|| {
+                    format!("no dead-lettered row with id {id} (see `outboxd dead list`)")
+                })?;
             let attempts = store.attempts(d.outbox_id).await.map_err(store_err)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"dead": d, "attempts": attempts})).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"dead": d, "attempts": attempts}))
+                        .expect("serialisable")
+                );
                 return Ok(());
             }
-            println!("dead row {} (outbox row {}), sink {}, {} {}", d.id, d.outbox_id, d.sink, d.event_type, d.idempotency_key);
-            println!("created {}, dead-lettered {} after {} attempt(s)", ago(d.created_at), ago(d.dead_at), d.attempts);
+            println!(
+                "dead row {} (outbox row {}), sink {}, {} {}",
+                d.id, d.outbox_id, d.sink, d.event_type, d.idempotency_key
+            );
+            println!(
+                "created {}, dead-lettered {} after {} attempt(s)",
+                ago(d.created_at),
+                ago(d.dead_at),
+                d.attempts
+            );
             println!("reason: {}", d.reason);
             if let Some(r) = &d.last_reply {
                 println!("last reply: {r}");
@@ -195,7 +290,12 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             print_attempts(&attempts);
             Ok(())
         }
-        DeadCommand::Requeue { ids, sink, all, json } => {
+        DeadCommand::Requeue {
+            ids,
+            sink,
+            all,
+            json,
+        } => {
             let ids = match (ids.is_empty(), sink, all) {
                 (false, None, false) => ids,
                 (true, Some(s), true) => store.dead_ids(&s).await.map_err(store_err)?,
@@ -206,12 +306,17 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             for id in ids {
                 match store.requeue(id, now).await {
                     Ok(()) => ok.push(id),
-                    Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => failed.push((id, e.to_string())),
+                    Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
+                        failed.push((id, e.to_string()))
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }
             if json {
-                println!("{}", json!({"requeued": ok, "failed": failed.iter().map(|(i, e)| json!({"id": i, "error": e})).collect::<Vec<_>>()}));
+                println!(
+                    "{}",
+                    json!({"requeued": ok, "failed": failed.iter().map(|(i, e)| json!({"id": i, "error": e})).collect::<Vec<_>>()})
+                );
             } else {
                 println!("requeued {} row(s)", ok.len());
                 for (_, e) in &failed {
@@ -225,7 +330,10 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             }
         }
         DeadCommand::Purge { older_than, json } => {
-            let n = store.purge_dead(now_ms() - clock::ms(older_than.into())).await.map_err(store_err)?;
+            let n = store
+                .purge_dead(now_ms() - clock::ms(older_than.into()))
+                .await
+                .map_err(store_err)?;
             if json {
                 println!("{}", json!({"purged": n}));
             } else {
@@ -237,7 +345,10 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
 }
 
 pub async fn pause(store: &Store, sink: &str, paused: bool, note: Option<&str>) -> CmdResult {
-    store.set_paused(sink, paused, note).await.map_err(store_err)?;
+    store
+        .set_paused(sink, paused, note)
+        .await
+        .map_err(store_err)?;
     if paused {
         println!("sink {sink} paused: its rows are held (no attempts used) until `outboxd resume {sink}`");
     } else {

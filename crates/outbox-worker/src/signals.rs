@@ -16,7 +16,9 @@ pub async fn shutdown_signal() {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::warn!("second signal: exiting now; unfinished rows will be retried after their lease expires");
+        tracing::warn!(
+            "second signal: exiting now; unfinished rows will be retried after their lease expires"
+        );
         std::process::exit(130);
     });
 }

@@ -11,7 +11,11 @@ pub struct EpeisSink {
 }
 
 impl EpeisSink {
-    pub fn new(_cfg: &SinkConfig, secret: Secret, _client: reqwest::Client) -> Result<Self, String> {
+    pub fn new(
+        _cfg: &SinkConfig,
+        secret: Secret,
+        _client: reqwest::Client,
+    ) -> Result<Self, String> {
         Ok(EpeisSink { _secret: secret })
     }
 
@@ -25,10 +29,17 @@ impl EpeisSink {
     }
 
     pub async fn deliver(&self, _row: &ClaimedRow) -> StepOutcome {
-        StepOutcome { verdict: Verdict::Permanent { reason: "epeis sink not implemented".into() }, info: Default::default() }
+        StepOutcome {
+            verdict: Verdict::Permanent {
+                reason: "epeis sink not implemented".into(),
+            },
+            info: Default::default(),
+        }
     }
 }
 
 pub fn validate_config(name: &str, _cfg: &SinkConfig) -> Vec<String> {
-    vec![format!("sinks.{name}: sink type epeis is not available in this build yet")]
+    vec![format!(
+        "sinks.{name}: sink type epeis is not available in this build yet"
+    )]
 }

@@ -56,7 +56,9 @@ impl Sink {
         match cfg.kind {
             SinkType::Pyun => Ok(Sink::Pyun(pyun::PyunSink::new(cfg, secret, client)?)),
             SinkType::Epeis => Ok(Sink::Epeis(epeis::EpeisSink::new(cfg, secret, client)?)),
-            SinkType::Lbbtech => Ok(Sink::Lbbtech(lbbtech::LbbtechSink::new(cfg, secret, client)?)),
+            SinkType::Lbbtech => Ok(Sink::Lbbtech(lbbtech::LbbtechSink::new(
+                cfg, secret, client,
+            )?)),
         }
     }
 

@@ -21,14 +21,24 @@ use crate::outcome::{truncate, AttemptInfo, StepOutcome, Verdict};
 use crate::secret::Secret;
 
 /// Business fields a producer puts in a charge_end payload, in the order we validate them.
-const STRING_FIELDS: [&str; 7] =
-    ["station_uuid", "device_no", "port_no", "replenish_order", "start_time", "end_time", "energy_code"];
+const STRING_FIELDS: [&str; 7] = [
+    "station_uuid",
+    "device_no",
+    "port_no",
+    "replenish_order",
+    "start_time",
+    "end_time",
+    "energy_code",
+];
 const INTEGER_FIELDS: [&str; 4] = ["quantity", "energy_value", "fee_value", "total_value"];
 const OPTIONAL_FIELDS: [&str; 1] = ["vin"];
 
 /// Checks a charge_end payload and returns the form fields to send (without `app_id`,
 /// `timestamp` and `sign`). Every problem is named by its field.
-pub fn validate(payload: &str, idempotency_key: &str) -> Result<Vec<(&'static str, String)>, String> {
+pub fn validate(
+    payload: &str,
+    idempotency_key: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
     let value: Value =
         serde_json::from_str(payload).map_err(|e| format!("payload is not valid JSON: {e}"))?;
     let obj = value.as_object().ok_or("payload must be a JSON object")?;
@@ -37,8 +47,14 @@ pub fn validate(payload: &str, idempotency_key: &str) -> Result<Vec<(&'static st
 
     for key in obj.keys() {
         let k = key.as_str();
-        if !STRING_FIELDS.contains(&k) && !INTEGER_FIELDS.contains(&k) && !OPTIONAL_FIELDS.contains(&k) {
-            if matches!(k, "app_id" | "timestamp" | "sign" | "sign_type" | "app_secret") {
+        if !STRING_FIELDS.contains(&k)
+            && !INTEGER_FIELDS.contains(&k)
+            && !OPTIONAL_FIELDS.contains(&k)
+        {
+            if matches!(
+                k,
+                "app_id" | "timestamp" | "sign" | "sign_type" | "app_secret"
+            ) {
                 problems.push(format!("field `{k}` must not be in the payload: outboxd adds it from the sink's config"));
             } else {
                 problems.push(format!("unknown field `{k}`"));
@@ -78,23 +94,34 @@ pub fn validate(payload: &str, idempotency_key: &str) -> Result<Vec<(&'static st
         Some(other) => problems.push(format!("field `vin` must be a string, got {other}")),
     }
 
-    let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
     for name in ["start_time", "end_time"] {
         if let Some(t) = get(name) {
             if !is_utc_second(t) {
-                problems.push(format!("field `{name}` must be UTC time yyyy-MM-ddTHH:mm:ssZ, got {t:?}"));
+                problems.push(format!(
+                    "field `{name}` must be UTC time yyyy-MM-ddTHH:mm:ssZ, got {t:?}"
+                ));
             }
         }
     }
     if let (Some(s), Some(e)) = (get("start_time"), get("end_time")) {
         // Same fixed-width format, so text order is time order.
         if is_utc_second(s) && is_utc_second(e) && e < s {
-            problems.push(format!("field `end_time` ({e}) is before `start_time` ({s})"));
+            problems.push(format!(
+                "field `end_time` ({e}) is before `start_time` ({s})"
+            ));
         }
     }
     if let Some(code) = get("energy_code") {
         if code != "CN_AC" && code != "CN_DC" {
-            problems.push(format!("field `energy_code` must be CN_AC or CN_DC, got {code:?}"));
+            problems.push(format!(
+                "field `energy_code` must be CN_AC or CN_DC, got {code:?}"
+            ));
         }
     }
     if let Some(order) = get("replenish_order") {
@@ -107,23 +134,41 @@ pub fn validate(payload: &str, idempotency_key: &str) -> Result<Vec<(&'static st
     if problems.is_empty() {
         Ok(fields)
     } else {
-        Err(format!("invalid charge_end payload: {}", problems.join("; ")))
+        Err(format!(
+            "invalid charge_end payload: {}",
+            problems.join("; ")
+        ))
     }
 }
 
 /// `yyyy-MM-ddTHH:mm:ssZ` with a real calendar date.
 fn is_utc_second(t: &str) -> bool {
     let b = t.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
         return false;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
         let s = &t[r];
-        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
     };
-    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(s)) =
-        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
-    else {
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(s)) = (
+        num(0..4),
+        num(5..7),
+        num(8..10),
+        num(11..13),
+        num(14..16),
+        num(17..19),
+    ) else {
         return false;
     };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -145,7 +190,11 @@ pub fn sign<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)], secret: &str) -> St
         .filter(|(k, v)| *k != "sign" && !v.trim().is_empty())
         .collect();
     kept.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut s = kept.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let mut s = kept
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     s.push_str("&app_secret=");
     s.push_str(secret);
     let digest = Md5::digest(s.as_bytes());
@@ -153,7 +202,12 @@ pub fn sign<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)], secret: &str) -> St
 }
 
 /// The form body for one attempt: business fields plus `app_id`, `timestamp` and `sign`.
-pub fn form_body(fields: &[(&'static str, String)], app_id: &str, secret: &Secret, timestamp_ms: i64) -> String {
+pub fn form_body(
+    fields: &[(&'static str, String)],
+    app_id: &str,
+    secret: &Secret,
+    timestamp_ms: i64,
+) -> String {
     let mut params: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.clone())).collect();
     params.push(("app_id", app_id.to_string()));
     params.push(("timestamp", timestamp_ms.to_string()));
@@ -174,11 +228,19 @@ pub struct Classified {
     pub hint: Option<String>,
 }
 
-pub fn classify(status: u16, retry_after: Option<Duration>, body: &str, codes: &PyunCodes) -> Classified {
+pub fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+    codes: &PyunCodes,
+) -> Classified {
     let transient_http = status == 408 || status == 425 || status == 429 || status >= 500;
     if transient_http {
         return Classified {
-            verdict: Verdict::Retry { reason: format!("HTTP {status} from 4pyun"), retry_after },
+            verdict: Verdict::Retry {
+                reason: format!("HTTP {status} from 4pyun"),
+                retry_after,
+            },
             code: None,
             hint: None,
         };
@@ -186,7 +248,10 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str, codes: &
     if !(200..300).contains(&status) {
         return Classified {
             verdict: Verdict::Permanent {
-                reason: format!("HTTP {status} from 4pyun: check the sink's url ({})", truncate(body, 200)),
+                reason: format!(
+                    "HTTP {status} from 4pyun: check the sink's url ({})",
+                    truncate(body, 200)
+                ),
             },
             code: None,
             hint: None,
@@ -233,31 +298,51 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str, codes: &
     };
     let has = |list: &[String]| list.iter().any(|c| *c == code);
     let verdict = if has(&codes.success) {
-        Verdict::Delivered { hint: hint.clone(), result: None }
+        Verdict::Delivered {
+            hint: hint.clone(),
+            result: None,
+        }
     } else if has(&codes.done) {
-        Verdict::Completed { note: describe(), result: None }
+        Verdict::Completed {
+            note: describe(),
+            result: None,
+        }
     } else if has(&codes.permanent) {
         Verdict::Permanent { reason: describe() }
     } else if has(&codes.retry) {
-        Verdict::Retry { reason: describe(), retry_after }
+        Verdict::Retry {
+            reason: describe(),
+            retry_after,
+        }
     } else {
         Verdict::Retry {
-            reason: format!("{} is not in the sink's code table; retrying (add it to [sinks.NAME.codes])", describe()),
+            reason: format!(
+                "{} is not in the sink's code table; retrying (add it to [sinks.NAME.codes])",
+                describe()
+            ),
             retry_after,
         }
     };
-    Classified { verdict, code: Some(code), hint }
+    Classified {
+        verdict,
+        code: Some(code),
+        hint,
+    }
 }
 
 pub fn validate_config(name: &str, cfg: &SinkConfig) -> Vec<String> {
     let mut p = Vec::new();
     match &cfg.app_id {
         Some(a) if !a.trim().is_empty() => {}
-        _ => p.push(format!("sinks.{name}: app_id is required for type = \"pyun\"")),
+        _ => p.push(format!(
+            "sinks.{name}: app_id is required for type = \"pyun\""
+        )),
     }
     if let Some(c) = &cfg.codes {
         if c.success.is_empty() {
-            p.push(format!("sinks.{name}.codes.success must list at least one code"));
+            p.push(format!(
+                "sinks.{name}.codes.success must list at least one code"
+            ));
         }
     }
     p
@@ -276,7 +361,10 @@ impl PyunSink {
     pub fn new(cfg: &SinkConfig, secret: Secret, client: reqwest::Client) -> Result<Self, String> {
         Ok(PyunSink {
             url: cfg.url.clone(),
-            app_id: cfg.app_id.clone().ok_or("app_id is required for type = \"pyun\"")?,
+            app_id: cfg
+                .app_id
+                .clone()
+                .ok_or("app_id is required for type = \"pyun\"")?,
             secret,
             codes: cfg.codes.clone().unwrap_or_default(),
             timeout: cfg.timeout,
@@ -290,7 +378,10 @@ impl PyunSink {
             Err(reason) => {
                 return StepOutcome {
                     verdict: Verdict::Permanent { reason },
-                    info: AttemptInfo { started_at: clock::now_ms(), ..Default::default() },
+                    info: AttemptInfo {
+                        started_at: clock::now_ms(),
+                        ..Default::default()
+                    },
                 }
             }
         };
@@ -300,10 +391,17 @@ impl PyunSink {
             .client
             .post(&self.url)
             .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=UTF-8")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded; charset=UTF-8",
+            )
             .body(body);
         let sent = http::send(request).await;
-        let mut info = AttemptInfo { started_at: sent.started_at, duration_ms: sent.duration_ms, ..Default::default() };
+        let mut info = AttemptInfo {
+            started_at: sent.started_at,
+            duration_ms: sent.duration_ms,
+            ..Default::default()
+        };
         let verdict = match sent.result {
             Ok(reply) => {
                 let c = classify(reply.status, reply.retry_after, &reply.body, &self.codes);
@@ -318,7 +416,10 @@ impl PyunSink {
             Err(e @ (SendError::NotSent(_) | SendError::MaybeSent(_))) => {
                 let reason = self.secret.scrub(&e.to_string());
                 info.error = Some(reason.clone());
-                Verdict::Retry { reason, retry_after: None }
+                Verdict::Retry {
+                    reason,
+                    retry_after: None,
+                }
             }
         };
         StepOutcome { verdict, info }
@@ -331,9 +432,7 @@ mod tests {
 
     const SECRET: &str = "6409292d66625a2a0912acfc61ed956c";
 
-    /// The request example of the seed contract (003), whose `sign` the documented
-    /// algorithm reproduces. (The "public test vector" quoted in shared/seeds/README.md,
-    /// 90A80901298B87DC9E15DE9F236FD164, does not: no reading of the rules gives it.)
+    /// The request example of the seed contract (003) and its `sign`.
     fn vector() -> Vec<(&'static str, &'static str)> {
         vec![
             ("fee_value", "561"),
@@ -354,8 +453,30 @@ mod tests {
     }
 
     #[test]
-    fn public_test_vector() {
+    fn seed_request_example() {
         assert_eq!(sign(&vector(), SECRET), "4EC351C604ECB191964EB67565AA8E87");
+    }
+
+    /// The public test vector quoted in shared/seeds/README.md.
+    #[test]
+    fn public_test_vector() {
+        let params = [
+            ("app_id", "op00961963581daa7"),
+            ("device_no", "S1"),
+            ("end_time", "2023-04-11T09:20:00Z"),
+            ("energy_code", "CN_AC"),
+            ("energy_value", "207"),
+            ("fee_value", "975"),
+            ("port_no", "1"),
+            ("quantity", "6556"),
+            ("replenish_order", "202304110920004SfjdX"),
+            ("start_time", "2023-04-11T08:20:00Z"),
+            ("station_uuid", "8f5fdb60-9374-4c11-bdc2-a32d8369258c"),
+            ("timestamp", "1681176000816"),
+            ("total_value", "1182"),
+            ("vin", "川A660N2"),
+        ];
+        assert_eq!(sign(&params, SECRET), "90A80901298B87DC9E15DE9F236FD164");
     }
 
     #[test]
@@ -382,8 +503,15 @@ mod tests {
     #[test]
     fn form_body_signs_what_it_sends() {
         let fields = validate(&payload().to_string(), "20230410183256K7fh6t").unwrap();
-        let body = form_body(&fields, "op00961963581daa7", &Secret::new(SECRET), 1681122776000);
-        let sent: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        let body = form_body(
+            &fields,
+            "op00961963581daa7",
+            &Secret::new(SECRET),
+            1681122776000,
+        );
+        let sent: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
         let sign_sent = sent.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
         assert_eq!(sign_sent, "4EC351C604ECB191964EB67565AA8E87");
         assert!(!body.contains(SECRET));
@@ -392,19 +520,55 @@ mod tests {
     #[test]
     fn invalid_payloads_name_the_field() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
-            (serde_json::json!({"start_time": null}), "`start_time` is required"),
-            (serde_json::json!({"start_time": "2023-04-11 08:20:00"}), "`start_time` must be UTC"),
-            (serde_json::json!({"end_time": "2023-02-30T09:20:00Z"}), "`end_time` must be UTC"),
-            (serde_json::json!({"end_time": "2023-04-10T17:32:55Z"}), "`end_time` (2023-04-10T17:32:55Z) is before"),
-            (serde_json::json!({"energy_code": "CN_XX"}), "`energy_code` must be CN_AC or CN_DC"),
-            (serde_json::json!({"quantity": -1}), "`quantity` must be a non-negative whole number"),
-            (serde_json::json!({"fee_value": 9.75}), "`fee_value` must be"),
-            (serde_json::json!({"total_value": "12a"}), "`total_value` must be"),
-            (serde_json::json!({"replenish_order": "OTHER"}), "must equal the row's idempotency_key"),
-            (serde_json::json!({"sign": "X"}), "`sign` must not be in the payload"),
-            (serde_json::json!({"colour": "red"}), "unknown field `colour`"),
+            (
+                serde_json::json!({"start_time": null}),
+                "`start_time` is required",
+            ),
+            (
+                serde_json::json!({"start_time": "2023-04-11 08:20:00"}),
+                "`start_time` must be UTC",
+            ),
+            (
+                serde_json::json!({"end_time": "2023-02-30T09:20:00Z"}),
+                "`end_time` must be UTC",
+            ),
+            (
+                serde_json::json!({"end_time": "2023-04-10T17:32:55Z"}),
+                "`end_time` (2023-04-10T17:32:55Z) is before",
+            ),
+            (
+                serde_json::json!({"energy_code": "CN_XX"}),
+                "`energy_code` must be CN_AC or CN_DC",
+            ),
+            (
+                serde_json::json!({"quantity": -1}),
+                "`quantity` must be a non-negative whole number",
+            ),
+            (
+                serde_json::json!({"fee_value": 9.75}),
+                "`fee_value` must be",
+            ),
+            (
+                serde_json::json!({"total_value": "12a"}),
+                "`total_value` must be",
+            ),
+            (
+                serde_json::json!({"replenish_order": "OTHER"}),
+                "must equal the row's idempotency_key",
+            ),
+            (
+                serde_json::json!({"sign": "X"}),
+                "`sign` must not be in the payload",
+            ),
+            (
+                serde_json::json!({"colour": "red"}),
+                "unknown field `colour`",
+            ),
             (serde_json::json!({"vin": 5}), "`vin` must be a string"),
-            (serde_json::json!({"device_no": ""}), "`device_no` must not be empty"),
+            (
+                serde_json::json!({"device_no": ""}),
+                "`device_no` must not be empty",
+            ),
         ];
         for (patch, needle) in cases {
             let mut p = payload();
@@ -415,7 +579,9 @@ mod tests {
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
         assert!(validate("[1]", "k").unwrap_err().contains("JSON object"));
-        assert!(validate("{not json", "k").unwrap_err().contains("not valid JSON"));
+        assert!(validate("{not json", "k")
+            .unwrap_err()
+            .contains("not valid JSON"));
         assert!(validate(&payload().to_string(), "20230410183256K7fh6t").is_ok());
     }
 
@@ -437,8 +603,14 @@ mod tests {
     fn classifies_the_documented_replies() {
         // Seed examples.
         assert_eq!(
-            verdict(200, r#"{"code":"200","message":"OK","seqno":"abc6c253b93cc940"}"#),
-            Verdict::Delivered { hint: None, result: None }
+            verdict(
+                200,
+                r#"{"code":"200","message":"OK","seqno":"abc6c253b93cc940"}"#
+            ),
+            Verdict::Delivered {
+                hint: None,
+                result: None
+            }
         );
         let hinted = classify(
             200,
@@ -446,34 +618,83 @@ mod tests {
             r#"{"code":"200","message":"已忽略当前请求","hint":"签名验证不通过","seqno":"e820972bdf2eaf19"}"#,
             &PyunCodes::default(),
         );
-        assert_eq!(hinted.verdict, Verdict::Delivered { hint: Some("签名验证不通过".into()), result: None });
+        assert_eq!(
+            hinted.verdict,
+            Verdict::Delivered {
+                hint: Some("签名验证不通过".into()),
+                result: None
+            }
+        );
         assert_eq!(hinted.hint.as_deref(), Some("签名验证不通过"));
         assert!(matches!(
             verdict(200, r#"{"code":"400","message":"请求参数错误","hint":"`start_time` required~","seqno":"48bf"}"#),
             Verdict::Permanent { reason } if reason.contains("`start_time` required~") && reason.contains("48bf")
         ));
-        assert!(matches!(verdict(200, r#"{"code":"500","message":"服务器内部错误"}"#), Verdict::Retry { .. }));
-        assert!(matches!(verdict(200, r#"{"code":"503","message":"服务暂不可用"}"#), Verdict::Retry { .. }));
+        assert!(matches!(
+            verdict(200, r#"{"code":"500","message":"服务器内部错误"}"#),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            verdict(200, r#"{"code":"503","message":"服务暂不可用"}"#),
+            Verdict::Retry { .. }
+        ));
         // Current docs.
-        assert!(matches!(verdict(200, r#"{"code":"1001","message":"ok"}"#), Verdict::Delivered { .. }));
-        assert!(matches!(verdict(200, r#"{"code":"1002","message":"无停车记录"}"#), Verdict::Completed { .. }));
-        assert!(matches!(verdict(200, r#"{"code":"401","message":"sign"}"#), Verdict::Permanent { .. }));
-        assert!(matches!(verdict(200, r#"{"code":1503}"#), Verdict::Retry { .. }));
+        assert!(matches!(
+            verdict(200, r#"{"code":"1001","message":"ok"}"#),
+            Verdict::Delivered { .. }
+        ));
+        assert!(matches!(
+            verdict(200, r#"{"code":"1002","message":"无停车记录"}"#),
+            Verdict::Completed { .. }
+        ));
+        assert!(matches!(
+            verdict(200, r#"{"code":"401","message":"sign"}"#),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            verdict(200, r#"{"code":1503}"#),
+            Verdict::Retry { .. }
+        ));
         // Transport-level.
         assert!(matches!(verdict(503, ""), Verdict::Retry { .. }));
         assert!(matches!(verdict(429, ""), Verdict::Retry { .. }));
-        assert!(matches!(verdict(200, "<html>bad gateway</html>"), Verdict::Retry { .. }));
-        assert!(matches!(verdict(200, r#"{"message":"no code"}"#), Verdict::Retry { .. }));
-        assert!(matches!(verdict(404, "not found"), Verdict::Permanent { reason } if reason.contains("url")));
-        assert!(matches!(verdict(200, r#"{"code":"777"}"#), Verdict::Retry { reason, .. } if reason.contains("code table")));
+        assert!(matches!(
+            verdict(200, "<html>bad gateway</html>"),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            verdict(200, r#"{"message":"no code"}"#),
+            Verdict::Retry { .. }
+        ));
+        assert!(
+            matches!(verdict(404, "not found"), Verdict::Permanent { reason } if reason.contains("url"))
+        );
+        assert!(
+            matches!(verdict(200, r#"{"code":"777"}"#), Verdict::Retry { reason, .. } if reason.contains("code table"))
+        );
         let ra = classify(503, Some(Duration::from_secs(7)), "", &PyunCodes::default());
-        assert_eq!(ra.verdict, Verdict::Retry { reason: "HTTP 503 from 4pyun".into(), retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            ra.verdict,
+            Verdict::Retry {
+                reason: "HTTP 503 from 4pyun".into(),
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
     }
 
     #[test]
     fn code_table_is_configurable() {
-        let codes = PyunCodes { success: vec!["OK".into()], ..PyunCodes::default() };
-        assert!(matches!(classify(200, None, r#"{"code":"OK"}"#, &codes).verdict, Verdict::Delivered { .. }));
-        assert!(matches!(classify(200, None, r#"{"code":"200"}"#, &codes).verdict, Verdict::Retry { .. }));
+        let codes = PyunCodes {
+            success: vec!["OK".into()],
+            ..PyunCodes::default()
+        };
+        assert!(matches!(
+            classify(200, None, r#"{"code":"OK"}"#, &codes).verdict,
+            Verdict::Delivered { .. }
+        ));
+        assert!(matches!(
+            classify(200, None, r#"{"code":"200"}"#, &codes).verdict,
+            Verdict::Retry { .. }
+        ));
     }
 }

@@ -34,16 +34,29 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Final success (`status = 'delivered'`), with the platform's hint if any.
-    Delivered { hint: Option<String>, result: Option<String> },
+    Delivered {
+        hint: Option<String>,
+        result: Option<String>,
+    },
     /// Final, not an error, nothing more to send (`status = 'done'`), e.g. "no parking record".
-    Done { note: String, result: Option<String> },
+    Done {
+        note: String,
+        result: Option<String>,
+    },
     /// Back to pending, due again at `next_at`.
     Retry { next_at: i64, error: String },
     /// A multi-step flow moved on: new state, next step due at `next_at`; the step's attempt
     /// counter starts again.
-    Continue { state: String, next_at: i64, note: String },
+    Continue {
+        state: String,
+        next_at: i64,
+        note: String,
+    },
     /// Move to `outbox_dead`.
-    Dead { reason: String, last_reply: Option<String> },
+    Dead {
+        reason: String,
+        last_reply: Option<String>,
+    },
     /// Give the row back without counting the attempt (graceful shutdown before it started);
     /// `in_doubt` when it had started and may have reached the platform.
     Release { in_doubt: bool },
@@ -154,7 +167,11 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { create: false, busy_timeout: Duration::from_secs(5), max_connections: 1 }
+        OpenOptions {
+            create: false,
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 1,
+        }
     }
 }
 
@@ -210,7 +227,14 @@ impl Store {
     }
 
     /// Claims up to `limit` due rows of `sink` for `owner` until `lease_until`.
-    pub async fn claim(&self, sink: &str, owner: &str, limit: u32, now: i64, lease_until: i64) -> Result<Vec<ClaimedRow>> {
+    pub async fn claim(
+        &self,
+        sink: &str,
+        owner: &str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedRow>> {
         match self {
             Store::Sqlite(s) => s.claim(sink, owner, limit, now, lease_until).await,
         }
@@ -262,7 +286,13 @@ impl Store {
         }
     }
 
-    pub async fn dead_list(&self, sink: Option<&str>, since: Option<i64>, reason: Option<&str>, limit: i64) -> Result<Vec<DeadRow>> {
+    pub async fn dead_list(
+        &self,
+        sink: Option<&str>,
+        since: Option<i64>,
+        reason: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadRow>> {
         match self {
             Store::Sqlite(s) => s.dead_list(sink, since, reason, limit).await,
         }
@@ -320,11 +350,18 @@ pub(crate) fn compare_schema(applied: &[i64], embedded: impl Iterator<Item = i64
     if applied.is_empty() {
         return SchemaState::Empty;
     }
-    let unknown: Vec<i64> = applied.iter().copied().filter(|v| !embedded.contains(v)).collect();
+    let unknown: Vec<i64> = applied
+        .iter()
+        .copied()
+        .filter(|v| !embedded.contains(v))
+        .collect();
     if !unknown.is_empty() {
         return SchemaState::Ahead(unknown);
     }
-    let missing: Vec<i64> = embedded.into_iter().filter(|v| !applied.contains(v)).collect();
+    let missing: Vec<i64> = embedded
+        .into_iter()
+        .filter(|v| !applied.contains(v))
+        .collect();
     if missing.is_empty() {
         SchemaState::Current
     } else {

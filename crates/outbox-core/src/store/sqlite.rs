@@ -12,10 +12,16 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite};
 
-use super::{Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats, StoreError};
+use super::{
+    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats,
+    StoreError,
+};
 use crate::event::{ClaimedRow, NewEvent};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -89,7 +95,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(opts.busy_timeout)
             .create_if_missing(opts.create);
-        let path = Some(options.get_filename().to_path_buf()).filter(|p| !p.as_os_str().is_empty() && p.to_str() != Some(":memory:"));
+        let path = Some(options.get_filename().to_path_buf())
+            .filter(|p| !p.as_os_str().is_empty() && p.to_str() != Some(":memory:"));
         if let Some(p) = &path {
             if !opts.create && !p.exists() {
                 return Err(StoreError::Schema(format!(
@@ -139,21 +146,33 @@ impl SqliteStore {
         if exists == 0 {
             return Ok(Vec::new());
         }
-        Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn schema_state(&self) -> Result<SchemaState> {
         let applied = self.applied().await?;
-        Ok(super::compare_schema(&applied, MIGRATOR.iter().map(|m| m.version)))
+        Ok(super::compare_schema(
+            &applied,
+            MIGRATOR.iter().map(|m| m.version),
+        ))
     }
 
     pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
         enqueue_in(&self.pool, ev).await
     }
 
-    pub async fn claim(&self, sink: &str, owner: &str, limit: u32, now: i64, lease_until: i64) -> Result<Vec<ClaimedRow>> {
+    pub async fn claim(
+        &self,
+        sink: &str,
+        owner: &str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedRow>> {
         // One statement: it takes the write lock before reading, so it waits on the busy
         // timeout instead of failing when a producer is writing.
         let sql = format!(
@@ -177,7 +196,10 @@ impl SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        let mut claimed_rows = rows.iter().map(claimed).collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut claimed_rows = rows
+            .iter()
+            .map(claimed)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         // RETURNING order is unspecified; deliver in due order.
         claimed_rows.sort_by_key(|r| r.id);
         Ok(claimed_rows)
@@ -337,9 +359,11 @@ impl SqliteStore {
     }
 
     pub async fn paused_sinks(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused = 1 ORDER BY sink")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused = 1 ORDER BY sink")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
@@ -427,7 +451,13 @@ impl SqliteStore {
         .map_err(|e: sqlx::Error| e.into())
     }
 
-    pub async fn dead_list(&self, sink: Option<&str>, since: Option<i64>, reason: Option<&str>, limit: i64) -> Result<Vec<DeadRow>> {
+    pub async fn dead_list(
+        &self,
+        sink: Option<&str>,
+        since: Option<i64>,
+        reason: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadRow>> {
         let rows = sqlx::query(
             "SELECT * FROM outbox_dead \
              WHERE (?1 IS NULL OR sink = ?1) AND (?2 IS NULL OR dead_at >= ?2) \
@@ -440,11 +470,17 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(dead_row).collect::<std::result::Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(dead_row)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
-        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(r.as_ref().map(dead_row).transpose()?)
     }
 
@@ -476,9 +512,14 @@ impl SqliteStore {
 
     pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1").bind(dead_id).fetch_optional(&mut *tx).await?
+        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
+            .bind(dead_id)
+            .fetch_optional(&mut *tx)
+            .await?
         else {
-            return Err(StoreError::NotFound(format!("no dead-lettered row with id {dead_id} (see `outboxd dead list`)")));
+            return Err(StoreError::NotFound(format!(
+                "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
+            )));
         };
         let d = dead_row(&d)?;
         // Same id as before, so the attempt history stays attached and ordering keys keep
@@ -504,16 +545,21 @@ impl SqliteStore {
                 d.sink, d.idempotency_key
             )));
         }
-        sqlx::query("DELETE FROM outbox_dead WHERE id = ?1").bind(dead_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM outbox_dead WHERE id = ?1")
+            .bind(dead_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = ?1 ORDER BY id")
-            .bind(sink)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = ?1 ORDER BY id")
+                .bind(sink)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
@@ -525,7 +571,11 @@ impl SqliteStore {
         .bind(older_than)
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < ?1").bind(older_than).execute(&mut *tx).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < ?1")
+            .bind(older_than)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n)
     }
@@ -543,10 +593,12 @@ impl SqliteStore {
             return Ok(0);
         }
         let ids_json = serde_json::to_string(&ids).expect("integers serialise");
-        sqlx::query("DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT value FROM json_each(?1))")
-            .bind(&ids_json)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&ids_json)
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
             .bind(&ids_json)
             .execute(&mut *tx)

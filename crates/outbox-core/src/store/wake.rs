@@ -18,7 +18,11 @@ pub struct Wake {
 
 impl Wake {
     pub fn new(store: Store, wake_interval: Duration) -> Self {
-        let mut w = Wake { store, last: None, wake_interval };
+        let mut w = Wake {
+            store,
+            last: None,
+            wake_interval,
+        };
         w.last = w.signature();
         w
     }
