@@ -27,7 +27,8 @@ usage() {
 find_bindir() {
     local d
     if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
-        dirname "$(command -v pg_ctl)"
+        # Resolve symlinks (/usr/local/bin/pg_ctl -> /usr/lib/postgresql/15/bin): psql is there.
+        dirname "$(readlink -f "$(command -v pg_ctl)")"
         return
     fi
     for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
@@ -87,25 +88,31 @@ is_running() {
 
 start() {
     if [[ ! -f $DIR/data/PG_VERSION ]]; then
-        [[ -e $DIR && -n $(ls -A "$DIR" 2>/dev/null) ]] && die "$DIR exists and is not a cluster directory; pick an empty or new one"
+        if [[ -e $DIR && -n $(ls -A "$DIR" 2>/dev/null) && ! -f $DIR/.pg-cluster ]]; then
+            die "$DIR exists and is not a cluster directory; pick an empty or new one"
+        fi
+        local port
+        port=$(free_port)
         mkdir -p "$DIR/sock"
         touch "$DIR/.pg-cluster"
-        [[ $EUID -eq 0 ]] && chown -R postgres: "$DIR"
+        if [[ $EUID -eq 0 ]]; then chown -R postgres: "$DIR"; fi
         as_owner test -w "$DIR" || die "the postgres user cannot write $DIR (are its parent directories reachable?)"
         as_owner "$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 \
             || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
-        free_port >"$DIR/port"
+        echo "$port" >"$DIR/port"
     fi
     local port
     port=$(cat "$DIR/port")
     if ! is_running; then
         port_in_use "$port" && die "port $port (from $DIR/port) is taken by another process"
-        [[ $EUID -eq 0 ]] && { touch "$DIR/log"; chown postgres: "$DIR/log"; }
+        if [[ $EUID -eq 0 ]]; then touch "$DIR/log" && chown postgres: "$DIR/log"; fi
         as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w -t 60 \
             -o "-p $port -k $DIR/sock -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null \
             || fail_with_log "the server did not start"
     fi
-    local psql=("$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
+    local psql_bin=$BIN/psql
+    [[ -x $psql_bin ]] || psql_bin=$(command -v psql) || die "psql not found"
+    local psql=("$psql_bin" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
     if [[ -z $("${psql[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'outbox_test'") ]]; then
         "${psql[@]}" -d postgres -c "CREATE DATABASE outbox_test" || fail_with_log "could not create the database outbox_test"
     fi

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The product's main job on the embedded SQLite default, self-contained: builds the binaries,
+# starts the platform simulator on loopback, creates and migrates a SQLite outbox, enqueues
+# a realistic mix of events (some need retries, one gets a success-with-hint, some cannot
+# be delivered), runs outboxd until every row is final, and prints what happened.
+# Everything lives in ./.demo (recreated on each run); nothing else is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN="${CARGO_TARGET_DIR:-target}/debug"
+DEMO=.demo
+echo "==> building outboxd, outbox-migrate and platform-sim (first build takes a few minutes)"
+cargo build --workspace --bins --quiet
+
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+SIM_PID=""
+cleanup() { [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# What the simulated platforms will do, per order / settlement / SIM id.
+cat > "$DEMO/sim-script.json" <<'JSON'
+{
+  "pyun": {
+    "CE-RETRY-1": [{"code": "503"}, {"http": 502}, "ok"],
+    "CE-RETRY-2": ["drop_before", "ok"],
+    "CE-HINT":    [{"code": "200", "hint": "签名验证不通过"}],
+    "CE-REJECT":  [{"code": "400", "hint": "`vin` 车牌格式错误~"}]
+  }
+}
+JSON
+
+echo "==> starting the platform simulator"
+"$BIN/platform-sim" --listen 127.0.0.1:0 --script "$DEMO/sim-script.json" >"$DEMO/sim.out" 2>"$DEMO/sim.log" &
+SIM_PID=$!
+for _ in $(seq 1 100); do
+  grep -q "listening on" "$DEMO/sim.out" 2>/dev/null && break
+  sleep 0.1
+done
+SIM_URL=$(sed -n 's/^listening on //p' "$DEMO/sim.out")
+[ -n "$SIM_URL" ] || { echo "the simulator did not start:"; cat "$DEMO/sim.log"; exit 1; }
+echo "    simulator at $SIM_URL"
+
+# The demo's secret lives in a file, as it would under systemd's LoadCredential=.
+printf '%s' "6409292d66625a2a0912acfc61ed956c" > "$DEMO/pyun.secret"
+chmod 600 "$DEMO/pyun.secret"
+cat > "$DEMO/outboxd.toml" <<TOML
+database_url = "sqlite://$PWD/$DEMO/outbox.db"
+
+[worker]
+poll_interval = "200ms"
+
+# Quick retries so the demo finishes in seconds; see deploy/outboxd.toml for production values.
+[retry]
+base = "100ms"
+cap = "1s"
+floor = "50ms"
+max_attempts = 5
+max_age = "1h"
+
+[sinks.pyun]
+type = "pyun"
+url = "$SIM_URL/gate/1.0/energy/internal/replenish"
+app_id = "op00961963581daa7"
+secret_file = "$PWD/$DEMO/pyun.secret"
+TOML
+export OUTBOXD_CONFIG="$DEMO/outboxd.toml"
+
+echo "==> checking the config and creating the SQLite outbox"
+"$BIN/outboxd" check-config
+"$BIN/outbox-migrate" --database-url "sqlite://$PWD/$DEMO/outbox.db"
+
+echo "==> enqueuing events (what station software does in its own transaction)"
+charge_end() { # order start end [energy_code]
+  cat <<JSON
+{"station_uuid":"8f5fdb60-9374-4c11-bdc2-a32d8369258c","device_no":"S1","port_no":"1",
+ "replenish_order":"$1","start_time":"$2","end_time":"$3","vin":"川A660N2",
+ "quantity":6556,"energy_value":207,"fee_value":975,"total_value":1182,"energy_code":"${4:-CN_AC}"}
+JSON
+}
+enqueue() { "$BIN/outboxd" enqueue --sink "$1" --type "$2" --key "$3" --payload @- >/dev/null; }
+for i in $(seq -w 1 20); do
+  charge_end "CE-OK-$i" "2026-11-24T08:${i}:00Z" "2026-11-24T09:${i}:00Z" | enqueue pyun charge_end "CE-OK-$i"
+done
+charge_end CE-RETRY-1 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun charge_end CE-RETRY-1
+charge_end CE-RETRY-2 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun charge_end CE-RETRY-2
+charge_end CE-HINT 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun charge_end CE-HINT
+charge_end CE-REJECT 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun charge_end CE-REJECT
+# Invalid: the charge ends before it starts. Dead-lettered without any HTTP call.
+charge_end CE-INVALID 2026-11-24T09:00:00Z 2026-11-24T08:00:00Z | enqueue pyun charge_end CE-INVALID
+# A producer bug: a sink that is not configured.
+charge_end CE-NOSINK 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun-backup charge_end CE-NOSINK
+"$BIN/outboxd" status
+
+echo "==> running outboxd until every row is final"
+RUST_LOG=warn "$BIN/outboxd" run --until-idle 2>"$DEMO/outboxd.log"
+
+echo
+echo "==> status per sink"
+"$BIN/outboxd" status
+echo
+echo "==> dead-lettered rows (an operator fixes the cause, then: outboxd dead requeue ID)"
+"$BIN/outboxd" dead list
+echo
+echo "==> the success that carried a hint (delivered, never retried, kept for operators)"
+"$BIN/outboxd" show --sink pyun --key CE-HINT
+echo
+echo "==> what the simulated platforms saw"
+curl -s "$SIM_URL/_sim/stats" 2>/dev/null | python3 -m json.tool 2>/dev/null || true
+echo
+echo "Files: $DEMO/outbox.db (the outbox), $DEMO/outboxd.log (daemon log), $DEMO/outboxd.toml (config)."
