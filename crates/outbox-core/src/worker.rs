@@ -454,14 +454,14 @@ pub async fn run(
                     batch.push(j);
                 }
                 for j in batch {
-                    finish(j, &mut in_flight, &mut slots, &tx);
+                    finish(j, &mut in_flight, &slots, &tx);
                 }
             }
             _ = async { tokio::time::sleep_until(grace_deadline.expect("guarded")).await }, if stopping => {
                 tracing::warn!(rows = tasks.len(), "shutdown grace over: abandoning in-flight deliveries; their rows are released for another attempt");
                 tasks.abort_all();
                 while let Some(j) = tasks.join_next_with_id().await {
-                    finish(j, &mut in_flight, &mut slots, &tx);
+                    finish(j, &mut in_flight, &slots, &tx);
                 }
             }
             Some(slots_done) = committed_rx.recv() => {

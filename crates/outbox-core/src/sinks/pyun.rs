@@ -296,7 +296,7 @@ pub fn classify(
         }
         d
     };
-    let has = |list: &[String]| list.iter().any(|c| *c == code);
+    let has = |list: &[String]| list.contains(&code);
     let verdict = if has(&codes.success) {
         Verdict::Delivered {
             hint: hint.clone(),
