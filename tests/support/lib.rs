@@ -111,6 +111,9 @@ impl Env {
             r#"database_url = "{db}"
 log_level = "info,outbox_core=debug"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [worker]
 poll_interval = "100ms"
 lease = "5s"

@@ -46,6 +46,29 @@ pub struct Config {
     pub retry: RetryPolicy,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP listener: `/metrics` (Prometheus) and `/healthz`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on; loopback by default, since the figures name sinks and keys.
+    /// An empty string disables the listener.
+    pub listen: String,
+    /// `/healthz` fails when the worker loop has not gone round for this long.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9464".into(),
+            stall_after: Duration::from_secs(60),
+        }
+    }
 }
 
 fn default_database_url() -> String {
@@ -73,6 +96,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Identifies this worker in leases; defaults to hostname:pid.
     pub worker_id: Option<String>,
+    /// Delivered and final rows (and their attempt history) are deleted this long after
+    /// they finished, in small batches.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -84,6 +111,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -315,6 +343,14 @@ impl Config {
             p.push("worker.poll_interval and worker.wake_interval must be above 0".into());
         }
         check_retry("retry", &self.retry, &mut p);
+        if !self.admin.listen.is_empty()
+            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!(
+                "admin.listen {:?} must be an address like 127.0.0.1:9464 (or \"\" to disable)",
+                self.admin.listen
+            ));
+        }
         if self.sinks.is_empty() {
             p.push("no [sinks.NAME] section: configure at least one sink".into());
         }

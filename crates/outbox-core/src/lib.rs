@@ -4,10 +4,12 @@
 //! rows; the worker ([`worker::run`]) claims due rows, hands each to its [`sinks::Sink`],
 //! and records the verdict: delivered, retried later with backoff, or dead-lettered.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod metrics;
 pub mod outcome;
 pub mod retry;
 pub mod secret;

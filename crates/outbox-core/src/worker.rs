@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::clock::{self, now_ms};
 use crate::config::{Config, WorkerConfig};
 use crate::event::ClaimedRow;
+use crate::metrics::Metrics;
 use crate::outcome::{StepOutcome, Verdict};
 use crate::retry::{Decision, RetryPolicy};
 use crate::shutdown::Shutdown;
@@ -167,11 +168,7 @@ pub fn decide(
 fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
     let expected = sink.kind().event_type();
     if row.event_type != expected.as_str() {
-        return Some(format!(
-            "sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink",
-            sink.kind(),
-            row.event_type
-        ));
+        return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.kind(), row.event_type));
     }
     if row.payload.len() > MAX_PAYLOAD_BYTES {
         return Some(format!(
@@ -219,14 +216,103 @@ impl DbHealth {
     }
 }
 
-/// Runs the worker until shutdown (or until idle, per `mode`). Returns what it did.
+/// What the daemon around the worker plugs in.
+pub struct RunOptions {
+    pub mode: RunMode,
+    /// New, already validated configs (SIGHUP). Sinks, retry policies, concurrency and
+    /// worker timings change at once; in-flight deliveries finish on the old sinks.
+    pub reload: Option<mpsc::UnboundedReceiver<Config>>,
+    /// Called every time the loop goes round (at least every `poll_interval`): the systemd
+    /// watchdog is fed from here, so a stuck loop gets the daemon restarted.
+    pub heartbeat: Option<Box<dyn Fn() + Send>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RunOptions {
+    pub fn new(mode: RunMode) -> Self {
+        RunOptions {
+            mode,
+            reload: None,
+            heartbeat: None,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+fn build_slots(config: &Config, client: &reqwest::Client) -> Result<Vec<SinkSlot>, WorkerError> {
+    let mut slots = Vec::new();
+    for (name, sc) in &config.sinks {
+        let sink = Sink::build(name, sc, client.clone()).map_err(WorkerError::Sink)?;
+        slots.push(SinkSlot {
+            name: name.clone(),
+            sink: Arc::new(sink),
+            policy: sc.retry_policy(&config.retry).clone(),
+            concurrency: sc.concurrency,
+            in_flight: 0,
+            held: None,
+        });
+    }
+    Ok(slots)
+}
+
+/// Applies a reloaded config: existing sinks keep their slot (and in-flight count), removed
+/// sinks stop claiming (concurrency 0) until their in-flight rows finish.
+fn reload_slots(slots: &mut Vec<SinkSlot>, fresh: Vec<SinkSlot>) {
+    for s in slots.iter_mut() {
+        if !fresh.iter().any(|f| f.name == s.name) {
+            s.concurrency = 0;
+        }
+    }
+    for f in fresh {
+        match slots.iter_mut().find(|s| s.name == f.name) {
+            Some(s) => {
+                s.sink = f.sink;
+                s.policy = f.policy;
+                s.concurrency = f.concurrency;
+                s.held = None;
+            }
+            None => slots.push(f),
+        }
+    }
+}
+
+/// Deletes finished rows past their retention, a small batch at a time, so pruning never
+/// holds the database long enough to stall delivery.
+async fn retention_task(store: Store, retention: Duration) {
+    const BATCH: i64 = 500;
+    loop {
+        let before = now_ms() - clock::ms(retention);
+        let pause = match store.prune_finished(before, BATCH).await {
+            Ok(n) if n as i64 == BATCH => Duration::from_millis(50),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(rows = n, "pruned finished rows past retention");
+                }
+                Duration::from_secs(60)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pruning failed; trying again later");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Runs the worker until shutdown (or until idle, per `opts.mode`). Returns what it did.
 pub async fn run(
     config: &Config,
     store: Store,
     mut shutdown: Shutdown,
-    mode: RunMode,
+    opts: RunOptions,
 ) -> Result<Summary, WorkerError> {
-    let wc: WorkerConfig = config.worker.clone();
+    let RunOptions {
+        mode,
+        mut reload,
+        heartbeat,
+        metrics,
+    } = opts;
+    let mut wc: WorkerConfig = config.worker.clone();
     let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
     let pool_size = config
         .sinks
@@ -242,19 +328,8 @@ pub async fn run(
         .unwrap_or(Duration::from_secs(5));
     let client = crate::http::client(connect_timeout, pool_size);
 
-    let mut slots = Vec::new();
-    for (name, sc) in &config.sinks {
-        let sink = Sink::build(name, sc, client.clone()).map_err(WorkerError::Sink)?;
-        slots.push(SinkSlot {
-            name: name.clone(),
-            sink: Arc::new(sink),
-            policy: sc.retry_policy(&config.retry).clone(),
-            concurrency: sc.concurrency,
-            in_flight: 0,
-            held: None,
-        });
-    }
-    let known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+    let mut slots = build_slots(config, &client)?;
+    let mut known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
     let counters = Arc::new(Counters::default());
 
     // A slot is freed only once its row's verdict is committed, so the rows that could be
@@ -267,7 +342,9 @@ pub async fn run(
         rx,
         committed_tx,
         counters.clone(),
+        metrics.clone(),
     ));
+    let pruner = tokio::spawn(retention_task(store.clone(), wc.retention));
 
     tracing::info!(worker = %owner, backend = store.backend(), sinks = ?known, "outboxd worker started");
 
@@ -280,9 +357,13 @@ pub async fn run(
     let mut next_progress = Instant::now() + Duration::from_secs(60);
     let mut last_progress = counters.summary();
     let mut grace_deadline: Option<Instant> = None;
-    let lease_ms = clock::ms(wc.lease);
+    let mut lease_ms = clock::ms(wc.lease);
 
     loop {
+        metrics.tick();
+        if let Some(beat) = &heartbeat {
+            beat();
+        }
         let stopping = grace_deadline.is_some();
         let mut more_waiting = false;
 
@@ -339,11 +420,11 @@ pub async fn run(
                 if slot.held.is_some() {
                     continue;
                 }
-                let free = slot.concurrency - slot.in_flight;
+                let free = slot.concurrency.saturating_sub(slot.in_flight);
                 // Refill in chunks: claiming one row per freed slot would cost a commit (an
                 // fsync) per row.
                 let threshold = (slot.concurrency / 4).max(1);
-                if free == 0 || (free < threshold && slot.in_flight > 0) {
+                if slot.concurrency == 0 || free == 0 || (free < threshold && slot.in_flight > 0) {
                     more_waiting |= free == 0;
                     continue;
                 }
@@ -464,6 +545,22 @@ pub async fn run(
                     finish(j, &mut in_flight, &slots, &tx);
                 }
             }
+            Some(new_config) = async { reload.as_mut().expect("guarded").recv().await }, if reload.is_some() && !stopping => {
+                match build_slots(&new_config, &client) {
+                    Ok(fresh) => {
+                        if new_config.database_url != config.database_url {
+                            tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");
+                        }
+                        reload_slots(&mut slots, fresh);
+                        known = new_config.sinks.keys().cloned().collect();
+                        wc = new_config.worker.clone();
+                        lease_ms = clock::ms(wc.lease);
+                        next_housekeeping = Instant::now();
+                        tracing::info!(sinks = ?known, "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "reloaded configuration rejected; keeping the previous one"),
+                }
+            }
             Some(slots_done) = committed_rx.recv() => {
                 for i in slots_done {
                     slots[i].in_flight -= 1;
@@ -473,6 +570,7 @@ pub async fn run(
         }
     }
 
+    pruner.abort();
     drop(tx);
     if completer.await.is_err() {
         tracing::error!("the completer task failed; unrecorded rows will be redelivered when their lease expires");
@@ -522,15 +620,8 @@ fn finish(
                 id: f.row_id,
                 sink: slot.name.clone(),
                 attempt: f.attempt,
-                action: Action::Dead {
-                    reason: format!("internal error while delivering (panic: {msg}); please report it with this row"),
-                    last_reply: None,
-                },
-                info: Some(crate::outcome::AttemptInfo {
-                    started_at: now,
-                    error: Some(format!("panic: {msg}")),
-                    ..Default::default()
-                }),
+                action: Action::Dead { reason: format!("internal error while delivering (panic: {msg}); please report it with this row"), last_reply: None },
+                info: Some(crate::outcome::AttemptInfo { started_at: now, error: Some(format!("panic: {msg}")), ..Default::default() }),
                 outcome_label: "panic",
             }
         }
@@ -587,6 +678,7 @@ async fn completer(
     mut rx: mpsc::UnboundedReceiver<(usize, Completion)>,
     committed: mpsc::UnboundedSender<Vec<usize>>,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 ) {
     const MAX_BATCH: usize = 1024;
     let mut health = DbHealth::default();
@@ -623,6 +715,15 @@ async fn completer(
                     tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
                 }
                 for c in &batch {
+                    metrics.record(
+                        &c.sink,
+                        c.outcome_label,
+                        c.info
+                            .as_ref()
+                            .filter(|i| i.http_status.is_some() || i.error.is_some())
+                            .map(|i| i.duration_ms),
+                        matches!(c.action, Action::Delivered { hint: Some(_), .. }),
+                    );
                     let counter = match &c.action {
                         Action::Delivered { hint: Some(_), .. } => {
                             counters.hints.fetch_add(1, Ordering::Relaxed);

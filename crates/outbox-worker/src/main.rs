@@ -2,6 +2,7 @@
 //! and hands over to outbox-core.
 
 mod cli;
+mod daemon;
 mod logging;
 mod ops;
 mod signals;
@@ -11,9 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use outbox_core::config::Config;
-use outbox_core::shutdown::Shutdown;
 use outbox_core::store::{OpenOptions, Store};
-use outbox_core::worker::{self, RunMode};
 
 use cli::{Cli, Command};
 
@@ -56,39 +55,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Run { until_idle } => {
-            let mut config = Config::load(&cli.config).map_err(|e| e.to_string())?;
-            if let Some(url) = cli.database_url {
-                config.database_url = url;
-            }
-            logging::init(config.log_level.as_deref());
-            let store = open(&config.database_url).await?;
-            store
-                .require_current_schema(&config.database_url)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mode = if until_idle {
-                RunMode::UntilIdle
-            } else {
-                RunMode::Forever
-            };
-            let summary = worker::run(
-                &config,
-                store.clone(),
-                Shutdown::new(signals::shutdown_signal()),
-                mode,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            store.close().await;
-            if until_idle {
-                println!(
-                    "run finished: {} delivered ({} with a hint), {} final without delivery, {} retried, {} dead-lettered",
-                    summary.delivered, summary.hints, summary.done, summary.retried, summary.dead
-                );
-            }
-            Ok(())
-        }
+        Command::Run { until_idle } => daemon::run(&cli.config, cli.database_url, until_idle).await,
         cmd => {
             // Database-only commands: the config's sinks and secrets need not be complete.
             let url = match cli.database_url {

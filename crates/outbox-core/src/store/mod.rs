@@ -2,6 +2,7 @@
 //! Postgres), chosen once at start-up from the `database_url` scheme. Each backend writes
 //! its own SQL; there is no `sqlx::Any` (it cannot map the types we need).
 
+pub mod postgres;
 pub mod sqlite;
 pub mod wake;
 
@@ -154,6 +155,7 @@ pub struct RowView {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Settings for opening a store.
@@ -179,6 +181,8 @@ impl Store {
     pub async fn open(url: &str, opts: &OpenOptions) -> Result<Store> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(sqlite::SqliteStore::open(url, opts).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(postgres::PgStore::open(url, opts).await?))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
         }
@@ -187,18 +191,21 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 
     pub async fn migrate(&self) -> Result<Vec<i64>> {
         match self {
             Store::Sqlite(s) => s.migrate().await,
+            Store::Postgres(s) => s.migrate().await,
         }
     }
 
     pub async fn schema_state(&self) -> Result<SchemaState> {
         match self {
             Store::Sqlite(s) => s.schema_state().await,
+            Store::Postgres(s) => s.schema_state().await,
         }
     }
 
@@ -223,6 +230,7 @@ impl Store {
     pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
         match self {
             Store::Sqlite(s) => s.enqueue(ev).await,
+            Store::Postgres(s) => s.enqueue(ev).await,
         }
     }
 
@@ -237,6 +245,7 @@ impl Store {
     ) -> Result<Vec<ClaimedRow>> {
         match self {
             Store::Sqlite(s) => s.claim(sink, owner, limit, now, lease_until).await,
+            Store::Postgres(s) => s.claim(sink, owner, limit, now, lease_until).await,
         }
     }
 
@@ -244,6 +253,7 @@ impl Store {
     pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
         match self {
             Store::Sqlite(s) => s.reclaim_expired(now).await,
+            Store::Postgres(s) => s.reclaim_expired(now).await,
         }
     }
 
@@ -251,6 +261,7 @@ impl Store {
     pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
         match self {
             Store::Sqlite(s) => s.dead_letter_unknown_sinks(known, now).await,
+            Store::Postgres(s) => s.dead_letter_unknown_sinks(known, now).await,
         }
     }
 
@@ -259,30 +270,35 @@ impl Store {
     pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
         match self {
             Store::Sqlite(s) => s.complete(owner, batch, now).await,
+            Store::Postgres(s) => s.complete(owner, batch, now).await,
         }
     }
 
     pub async fn paused_sinks(&self) -> Result<Vec<String>> {
         match self {
             Store::Sqlite(s) => s.paused_sinks().await,
+            Store::Postgres(s) => s.paused_sinks().await,
         }
     }
 
     pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
         match self {
             Store::Sqlite(s) => s.set_paused(sink, paused, note).await,
+            Store::Postgres(s) => s.set_paused(sink, paused, note).await,
         }
     }
 
     pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
         match self {
             Store::Sqlite(s) => s.stats(now).await,
+            Store::Postgres(s) => s.stats(now).await,
         }
     }
 
     pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
         match self {
             Store::Sqlite(s) => s.row(sink, key).await,
+            Store::Postgres(s) => s.row(sink, key).await,
         }
     }
 
@@ -295,18 +311,21 @@ impl Store {
     ) -> Result<Vec<DeadRow>> {
         match self {
             Store::Sqlite(s) => s.dead_list(sink, since, reason, limit).await,
+            Store::Postgres(s) => s.dead_list(sink, since, reason, limit).await,
         }
     }
 
     pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
         match self {
             Store::Sqlite(s) => s.dead_get(id).await,
+            Store::Postgres(s) => s.dead_get(id).await,
         }
     }
 
     pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
         match self {
             Store::Sqlite(s) => s.attempts(outbox_id).await,
+            Store::Postgres(s) => s.attempts(outbox_id).await,
         }
     }
 
@@ -315,18 +334,21 @@ impl Store {
     pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
         match self {
             Store::Sqlite(s) => s.requeue(dead_id, now).await,
+            Store::Postgres(s) => s.requeue(dead_id, now).await,
         }
     }
 
     pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
         match self {
             Store::Sqlite(s) => s.dead_ids(sink).await,
+            Store::Postgres(s) => s.dead_ids(sink).await,
         }
     }
 
     pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
         match self {
             Store::Sqlite(s) => s.purge_dead(older_than).await,
+            Store::Postgres(s) => s.purge_dead(older_than).await,
         }
     }
 
@@ -334,12 +356,19 @@ impl Store {
     pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
         match self {
             Store::Sqlite(s) => s.prune_finished(before, batch).await,
+            Store::Postgres(s) => s.prune_finished(before, batch).await,
         }
+    }
+
+    /// A cheap round trip to the database (for `/healthz`).
+    pub async fn ping(&self) -> Result<()> {
+        self.schema_state().await.map(|_| ())
     }
 
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }

@@ -3,26 +3,37 @@
 //! SQLite: any commit, by any process, writes the WAL file, so a `stat` of it every
 //! `wake_interval` (a few ms; a syscall, no query) tells when to claim. Polling every
 //! `poll_interval` stays as the fallback for everything else (due retries, expired leases).
+//!
+//! Postgres: an insert into `outbox` notifies channel `outbox_new` (a trigger), and the
+//! worker `LISTEN`s on it. Notifications sent while the listener is disconnected are lost,
+//! so a (re)connected listener wakes the worker once to look, and polling stays the
+//! fallback: a broken listener only makes wake-ups as slow as `poll_interval`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::postgres::PgStore;
 use super::Store;
+
+/// How long to wait before re-creating a listener that failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Wake {
     store: Store,
     last: Option<(SystemTime, u64)>,
     wake_interval: Duration,
+    /// Postgres: set by the listener task, which is started on first use.
+    notified: Arc<Notify>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Wake {
     pub fn new(store: Store, wake_interval: Duration) -> Self {
-        let mut w = Wake {
-            store,
-            last: None,
-            wake_interval,
-        };
+        let mut w = Wake { store, last: None, wake_interval, notified: Arc::new(Notify::new()), listener: None };
         w.last = w.signature();
         w
     }
@@ -30,11 +41,24 @@ impl Wake {
     fn signature(&self) -> Option<(SystemTime, u64)> {
         match &self.store {
             Store::Sqlite(s) => s.wal_signature(),
+            Store::Postgres(_) => None,
         }
     }
 
     /// Resolves at `deadline`, or earlier when another writer changed the database.
     pub async fn changed_or(&mut self, deadline: Instant) {
+        if let Store::Postgres(pg) = &self.store {
+            if self.listener.is_none() {
+                self.listener = Some(tokio::spawn(listen(pg.clone(), self.notified.clone())));
+            }
+            // A notification that came while the worker was busy left a permit: this
+            // returns at once, and the worker looks.
+            tokio::select! {
+                _ = self.notified.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            return;
+        }
         loop {
             let next = (Instant::now() + self.wake_interval).min(deadline);
             tokio::time::sleep_until(next).await;
@@ -52,5 +76,57 @@ impl Wake {
     /// Records the current state as seen, after the worker's own writes.
     pub fn mark_seen(&mut self) {
         self.last = self.signature();
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        if let Some(task) = &self.listener {
+            task.abort();
+        }
+    }
+}
+
+/// Postgres: `LISTEN`s for new rows and wakes the worker, for as long as the `Wake` lives.
+/// Runs as a task of its own, so the worker's `select!` never cancels a read halfway.
+async fn listen(pg: PgStore, notified: Arc<Notify>) {
+    // Logged once when listening stops working and once when it works again.
+    let mut failing = false;
+    loop {
+        match pg.listener().await {
+            Ok(mut listener) => {
+                if failing {
+                    tracing::info!("listening for new outbox rows again");
+                    failing = false;
+                }
+                // Freshly listening: rows may have arrived unannounced before; look now.
+                notified.notify_one();
+                let e = loop {
+                    match listener.try_recv().await {
+                        // A burst of inserts is one wake-up: the claim that follows sees
+                        // them all.
+                        Ok(Some(_)) => {
+                            while listener.next_buffered().is_some() {}
+                            notified.notify_one();
+                        }
+                        // The connection dropped and was re-established; anything sent in
+                        // between is lost, so look now.
+                        Ok(None) => notified.notify_one(),
+                        Err(e) => break e,
+                    }
+                };
+                if !failing {
+                    tracing::warn!(error = %e, "lost the listener for new outbox rows; polling until it is back");
+                    failing = true;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot listen for new outbox rows; polling until it works");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(LISTEN_RETRY).await;
     }
 }

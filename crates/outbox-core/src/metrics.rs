@@ -1,0 +1,212 @@
+//! Delivery metrics, kept in memory and rendered in the Prometheus text format by the admin
+//! listener. Queue figures (depth, oldest pending age, dead rows) are read from the store at
+//! scrape time, so they are right across several workers and restarts; the counters here
+//! are this process's since it started.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use crate::clock::now_ms;
+use crate::store::SinkStats;
+
+/// Upper bounds (seconds) of the attempt latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (sink, outcome) → deliveries.
+    outcomes: BTreeMap<(String, &'static str), u64>,
+    hints: BTreeMap<String, u64>,
+    latency: BTreeMap<String, Histogram>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    /// When the worker loop last went round (epoch ms): `/healthz` fails when it stalls.
+    last_tick: AtomicI64,
+}
+
+impl Metrics {
+    pub fn record(&self, sink: &str, outcome: &'static str, duration_ms: Option<i64>, hint: bool) {
+        let mut g = self.inner.lock().expect("metrics lock");
+        *g.outcomes.entry((sink.to_string(), outcome)).or_default() += 1;
+        if hint {
+            *g.hints.entry(sink.to_string()).or_default() += 1;
+        }
+        if let Some(ms) = duration_ms {
+            let secs = ms.max(0) as f64 / 1000.0;
+            let h = g.latency.entry(sink.to_string()).or_default();
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += secs;
+            h.count += 1;
+        }
+    }
+
+    pub fn tick(&self) {
+        self.last_tick.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the worker loop last went round (`None` before it started).
+    pub fn since_tick_ms(&self) -> Option<i64> {
+        match self.last_tick.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(now_ms() - t),
+        }
+    }
+
+    pub fn render(&self, stats: &[SinkStats]) -> String {
+        let g = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        out.push_str("# HELP outboxd_deliveries_total Delivery steps by sink and outcome, by this process.\n");
+        out.push_str("# TYPE outboxd_deliveries_total counter\n");
+        for ((sink, outcome), n) in &g.outcomes {
+            let _ = writeln!(
+                out,
+                "outboxd_deliveries_total{{sink=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(sink)
+            );
+        }
+        out.push_str(
+            "# HELP outboxd_hints_total Success replies that carried a hint, by this process.\n",
+        );
+        out.push_str("# TYPE outboxd_hints_total counter\n");
+        for (sink, n) in &g.hints {
+            let _ = writeln!(out, "outboxd_hints_total{{sink=\"{}\"}} {n}", esc(sink));
+        }
+        out.push_str("# HELP outboxd_attempt_duration_seconds HTTP attempt latency by sink.\n");
+        out.push_str("# TYPE outboxd_attempt_duration_seconds histogram\n");
+        for (sink, h) in &g.latency {
+            let s = esc(sink);
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "outboxd_attempt_duration_seconds_bucket{{sink=\"{s}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "outboxd_attempt_duration_seconds_bucket{{sink=\"{s}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "outboxd_attempt_duration_seconds_sum{{sink=\"{s}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "outboxd_attempt_duration_seconds_count{{sink=\"{s}\"}} {}",
+                h.count
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&SinkStats) -> f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for st in stats {
+                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(&st.sink), f(st));
+            }
+        };
+        gauge(
+            &mut out,
+            "outboxd_queue_pending",
+            "Rows waiting (first attempt, retry or next flow step).",
+            &|s| s.pending as f64,
+        );
+        gauge(
+            &mut out,
+            "outboxd_queue_in_flight",
+            "Rows claimed under a lease.",
+            &|s| s.in_flight as f64,
+        );
+        gauge(
+            &mut out,
+            "outboxd_queue_due",
+            "Pending rows due now.",
+            &|s| s.due_now as f64,
+        );
+        gauge(
+            &mut out,
+            "outboxd_oldest_pending_age_seconds",
+            "Age of the oldest unfinished row.",
+            &|s| s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0,
+        );
+        gauge(
+            &mut out,
+            "outboxd_dead_letter_rows",
+            "Rows in the dead-letter table.",
+            &|s| s.dead as f64,
+        );
+        gauge(
+            &mut out,
+            "outboxd_hint_rows",
+            "Delivered rows whose success reply carried a hint.",
+            &|s| s.hints as f64,
+        );
+        gauge(
+            &mut out,
+            "outboxd_sink_paused",
+            "1 when an operator paused the sink.",
+            &|s| u8::from(s.paused) as f64,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let m = Metrics::default();
+        m.record("pyun", "delivered", Some(3), false);
+        m.record("pyun", "delivered", Some(40), true);
+        m.record("pyun", "retry", Some(2000), false);
+        let stats = vec![SinkStats {
+            sink: "pyun".into(),
+            pending: 7,
+            dead: 2,
+            ..Default::default()
+        }];
+        let text = m.render(&stats);
+        assert!(
+            text.contains("outboxd_deliveries_total{sink=\"pyun\",outcome=\"delivered\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("outboxd_deliveries_total{sink=\"pyun\",outcome=\"retry\"} 1"));
+        assert!(text.contains("outboxd_hints_total{sink=\"pyun\"} 1"));
+        assert!(
+            text.contains("outboxd_attempt_duration_seconds_bucket{sink=\"pyun\",le=\"0.005\"} 1")
+        );
+        assert!(
+            text.contains("outboxd_attempt_duration_seconds_bucket{sink=\"pyun\",le=\"0.05\"} 2")
+        );
+        assert!(
+            text.contains("outboxd_attempt_duration_seconds_bucket{sink=\"pyun\",le=\"+Inf\"} 3")
+        );
+        assert!(text.contains("outboxd_queue_pending{sink=\"pyun\"} 7"));
+        assert!(text.contains("outboxd_dead_letter_rows{sink=\"pyun\"} 2"));
+    }
+}

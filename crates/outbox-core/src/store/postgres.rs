@@ -1,0 +1,783 @@
+//! The Postgres backend: several workers (on several hosts) drain one outbox.
+//!
+//! - Claims lock candidate rows with `FOR UPDATE SKIP LOCKED`, so concurrent workers never
+//!   wait on each other and never claim the same row; see [`PgStore::claim`] for how
+//!   ordering keys stay one-in-flight across workers.
+//! - Completions are written per batch, one statement per kind of action (`unnest` arrays),
+//!   in one transaction.
+//! - New rows fire `pg_notify('outbox_new')` (a trigger); idle workers `LISTEN` on it
+//!   ([`super::wake`]) and poll as a fallback.
+//! - The pool tests each connection before handing it out, so after a Postgres restart the
+//!   dead connections are dropped and the next call reconnects.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
+
+use super::{
+    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState,
+    SinkStats, StoreError,
+};
+use crate::event::{ClaimedRow, NewEvent};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The channel the `outbox_notify_new` trigger notifies on every insert into `outbox`.
+pub const NEW_ROWS_CHANNEL: &str = "outbox_new";
+
+/// The first key of the advisory locks a claim takes on ordering keys (the second is
+/// `hashtext(ordering_key)`), so they cannot collide with a producer's own advisory locks
+/// on single bigint keys, nor with sqlx's migration lock. "ob" + "ok".
+const ORDERING_LOCK_SPACE: i32 = 0x6f62_6f6b;
+
+/// The pool never has fewer connections than this: a worker uses one for its loop (claims,
+/// housekeeping), one for its completer, and a spare for the status commands and for
+/// overlap; the `LISTEN` connection has a pool of its own. The default of
+/// `OpenOptions::max_connections` (1) is sized for SQLite's single writer.
+const MIN_CONNECTIONS: u32 = 4;
+
+/// How long a call waits for a connection (including connecting) before it fails with a
+/// database error that the worker logs and retries.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Inserts an event through any Postgres executor, so a producer can enqueue inside its own
+/// transaction, atomically with its business rows. Returns whether the row was new.
+pub async fn enqueue_in<'c, E>(executor: E, ev: &NewEvent) -> Result<bool>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    let done = sqlx::query(
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sink, idempotency_key) DO NOTHING",
+    )
+    .bind(&ev.sink)
+    .bind(ev.event_type.as_str())
+    .bind(&ev.idempotency_key)
+    .bind(&ev.payload)
+    .bind(&ev.ordering_key)
+    .bind(ev.not_before)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The rows of an ordering key that keep a row of the same key (`o`) from being claimed:
+/// an earlier unfinished row, or any row in flight. The second half matters for a requeued
+/// row, which gets its old (smaller) id back while a later row of its key may be in flight,
+/// and for a row whose producer committed after a later row of the same key was claimed.
+const ORDERING_BLOCKED: &str = "EXISTS (SELECT 1 FROM outbox e \
+     WHERE e.ordering_key = o.ordering_key AND e.id <> o.id \
+       AND (e.status = 'in_flight' OR (e.status = 'pending' AND e.id < o.id)))";
+
+/// The claim's candidate scan (`$1` sink, `$2` now, `$3` limit): due rows by due time,
+/// through the partial index `outbox_due`, skipping rows other transactions have locked.
+fn candidates_sql() -> String {
+    format!(
+        "SELECT o.id, o.ordering_key FROM outbox o \
+         WHERE o.sink = $1 AND o.status = 'pending' AND o.next_attempt_at <= $2 \
+           AND (o.ordering_key IS NULL OR NOT {ORDERING_BLOCKED}) \
+         ORDER BY o.next_attempt_at, o.id \
+         LIMIT $3 \
+         FOR UPDATE SKIP LOCKED"
+    )
+}
+
+const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, payload, ordering_key, \
+     created_at, attempts, flow_state, in_doubt";
+
+fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
+    Ok(ClaimedRow {
+        id: r.try_get("id")?,
+        sink: r.try_get("sink")?,
+        event_type: r.try_get("event_type")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        payload: r.try_get("payload")?,
+        ordering_key: r.try_get("ordering_key")?,
+        created_at: r.try_get("created_at")?,
+        attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
+        flow_state: r.try_get("flow_state")?,
+        in_doubt: r.try_get("in_doubt")?,
+    })
+}
+
+fn dead_row(r: &PgRow) -> std::result::Result<DeadRow, sqlx::Error> {
+    Ok(DeadRow {
+        id: r.try_get("id")?,
+        outbox_id: r.try_get("outbox_id")?,
+        sink: r.try_get("sink")?,
+        event_type: r.try_get("event_type")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        payload: r.try_get("payload")?,
+        ordering_key: r.try_get("ordering_key")?,
+        created_at: r.try_get("created_at")?,
+        attempts: i64::from(r.try_get::<i32, _>("attempts")?),
+        reason: r.try_get("reason")?,
+        last_reply: r.try_get("last_reply")?,
+        dead_at: r.try_get("dead_at")?,
+    })
+}
+
+/// Completions of one kind, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct Batch {
+    delivered: (Vec<i64>, Vec<Option<String>>, Vec<Option<String>>),
+    done: (Vec<i64>, Vec<String>, Vec<Option<String>>),
+    retry: (Vec<i64>, Vec<i64>, Vec<String>),
+    cont: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>),
+    release: (Vec<i64>, Vec<bool>),
+    dead: (Vec<i64>, Vec<String>, Vec<Option<String>>),
+}
+
+/// The attempt history entries of a batch, as parallel arrays for `unnest`.
+#[derive(Default)]
+struct History {
+    outbox_id: Vec<i64>,
+    sink: Vec<String>,
+    attempt: Vec<i32>,
+    started_at: Vec<i64>,
+    duration_ms: Vec<i64>,
+    http_status: Vec<Option<i32>>,
+    reply_code: Vec<Option<String>>,
+    hint: Vec<Option<String>>,
+    outcome: Vec<String>,
+    error: Vec<Option<String>>,
+    reply: Vec<Option<String>>,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, opts: &OpenOptions) -> Result<PgStore> {
+        let options = PgConnectOptions::from_str(url)?.application_name("outboxd");
+        if opts.create && matches!(Postgres::database_exists(url).await, Ok(false)) {
+            // Best effort, for `outbox-migrate` on a fresh server; without the CREATEDB
+            // privilege the connect below reports the missing database.
+            let _ = Postgres::create_database(url).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(MIN_CONNECTIONS))
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A ping before each use: after a Postgres restart every pooled connection is
+            // dead, and this drops them instead of failing the next few calls.
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A listener on [`NEW_ROWS_CHANNEL`], on a connection of its own (outside the query
+    /// pool, which it would otherwise hold a connection of forever).
+    pub async fn listener(&self) -> Result<PgListener> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(NEW_ROWS_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let before = self.applied().await?;
+        // sqlx holds an advisory lock while migrating: concurrent runs wait for each other.
+        MIGRATOR.run(&self.pool).await?;
+        let after = self.applied().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    async fn applied(&self) -> Result<Vec<i64>> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        Ok(
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn schema_state(&self) -> Result<SchemaState> {
+        let applied = self.applied().await?;
+        Ok(super::compare_schema(
+            &applied,
+            MIGRATOR.iter().map(|m| m.version),
+        ))
+    }
+
+    pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
+        enqueue_in(&self.pool, ev).await
+    }
+
+    /// Claims up to `limit` due rows of `sink`.
+    ///
+    /// Rows without an ordering key: `SELECT ... FOR UPDATE SKIP LOCKED`, then an `UPDATE`
+    /// of the rows found; two workers never get the same row, and never wait on each other.
+    ///
+    /// Rows with an ordering key must never be in flight two at a time, also across workers.
+    /// Each statement under READ COMMITTED sees a snapshot, and the candidate scan's check
+    /// ("no earlier unfinished row, no row in flight") holds whenever the earlier rows were
+    /// visible to it: a row it sees pending blocks the later ones, a row another worker is
+    /// claiming is locked (skipped) and still pending in the snapshot, and a finished row
+    /// never comes back. Two cases slip through a single statement, because the rows that
+    /// matter are not in its snapshot: a producer whose transaction got a smaller id but
+    /// committed after a later row of the key was claimed, and a requeued row (old id) while
+    /// a later row of its key is in flight; two workers claiming at once could then each
+    /// take one row of the key, each unable to see the other's uncommitted claim. So a claim
+    /// that found keyed candidates also takes a transaction-scoped advisory lock per key
+    /// (`pg_try_advisory_xact_lock`, never waiting: a key another claim holds is simply
+    /// skipped this round) and re-checks those rows in the `UPDATE`, whose snapshot is taken
+    /// after the locks are held. Claims of one key are thereby serialised, and each sees
+    /// every earlier claim of its key as committed. The lock is per key, not per claim:
+    /// workers contend on it only in those rare cases.
+    pub async fn claim(
+        &self,
+        sink: &str,
+        owner: &str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedRow>> {
+        let mut tx = self.pool.begin().await?;
+        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(&candidates_sql())
+            .bind(sink)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        if candidates.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<&str> = candidates.iter().filter_map(|(_, k)| k.as_deref()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let locked: Vec<String> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT k FROM unnest($1::text[]) AS k WHERE pg_try_advisory_xact_lock($2, hashtext(k))",
+            )
+            .bind(&keys)
+            .bind(ORDERING_LOCK_SPACE)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let ids: Vec<i64> = candidates
+            .iter()
+            .filter(|(_, k)| k.as_ref().is_none_or(|k| locked.contains(k)))
+            .map(|(id, _)| *id)
+            .collect();
+        let rows = sqlx::query(&format!(
+            "UPDATE outbox o SET status = 'in_flight', lease_owner = $1, lease_expires_at = $2, \
+                    attempts = o.attempts + 1, last_attempt_at = $3 \
+             WHERE o.id = ANY($4) AND (o.ordering_key IS NULL OR NOT {ORDERING_BLOCKED}) \
+             RETURNING {CLAIMED_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed_rows = rows
+            .iter()
+            .map(claimed)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // RETURNING order is unspecified; deliver in id order, as SQLite does.
+        claimed_rows.sort_by_key(|r| r.id);
+        Ok(claimed_rows)
+    }
+
+    /// The plan of the claim's candidate scan, for tests and for operators wondering why a
+    /// claim is slow: it should use the partial index `outbox_due`.
+    pub async fn explain_claim(&self, sink: &str, now: i64, limit: u32) -> Result<String> {
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", candidates_sql()))
+            .bind(sink)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(lines.join("\n"))
+    }
+
+    pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
+                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                    lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_expires_at < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
+        // One statement: the rows deleted are exactly the rows moved.
+        let done = sqlx::query(
+            "WITH moved AS ( \
+                DELETE FROM outbox \
+                WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
+                RETURNING *) \
+             INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
+             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                    'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                    NULL, flow_state, $1 FROM moved ORDER BY id",
+        )
+        .bind(now)
+        .bind(known)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
+        let mut b = Batch::default();
+        let mut h = History::default();
+        for c in batch {
+            match &c.action {
+                Action::Delivered { hint, result } => {
+                    b.delivered.0.push(c.id);
+                    b.delivered.1.push(hint.clone());
+                    b.delivered.2.push(result.clone());
+                }
+                Action::Done { note, result } => {
+                    b.done.0.push(c.id);
+                    b.done.1.push(note.clone());
+                    b.done.2.push(result.clone());
+                }
+                Action::Retry { next_at, error } => {
+                    b.retry.0.push(c.id);
+                    b.retry.1.push(*next_at);
+                    b.retry.2.push(error.clone());
+                }
+                Action::Continue { state, next_at, note } => {
+                    b.cont.0.push(c.id);
+                    b.cont.1.push(state.clone());
+                    b.cont.2.push(*next_at);
+                    b.cont.3.push(note.clone());
+                }
+                Action::Release { in_doubt } => {
+                    b.release.0.push(c.id);
+                    b.release.1.push(*in_doubt);
+                }
+                Action::Dead { reason, last_reply } => {
+                    b.dead.0.push(c.id);
+                    b.dead.1.push(reason.clone());
+                    b.dead.2.push(last_reply.clone());
+                }
+            }
+            if let Some(info) = &c.info {
+                h.outbox_id.push(c.id);
+                h.sink.push(c.sink.clone());
+                h.attempt.push(i32::try_from(c.attempt).unwrap_or(i32::MAX));
+                h.started_at.push(info.started_at);
+                h.duration_ms.push(info.duration_ms);
+                h.http_status.push(info.http_status.map(i32::from));
+                h.reply_code.push(info.reply_code.clone());
+                h.hint.push(info.hint.clone());
+                h.outcome.push(c.outcome_label.to_string());
+                h.error.push(info.error.clone());
+                h.reply.push(info.reply.clone());
+            }
+        }
+
+        // Only rows still in flight under this owner's lease are touched; the others were
+        // reclaimed (lease expired) and are someone else's now.
+        const OWNED: &str = "o.id = u.id AND o.status = 'in_flight' AND o.lease_owner = $1";
+        let mut applied = 0;
+        let mut tx = self.pool.begin().await?;
+        if !b.delivered.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "UPDATE outbox o SET status = 'delivered', hint = u.hint, result = u.result, finished_at = $2, \
+                        last_error = NULL, in_doubt = false, lease_owner = NULL, lease_expires_at = NULL \
+                 FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(id, hint, result) WHERE {OWNED}"
+            ))
+            .bind(owner)
+            .bind(now)
+            .bind(&b.delivered.0)
+            .bind(&b.delivered.1)
+            .bind(&b.delivered.2)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !b.done.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "UPDATE outbox o SET status = 'done', last_error = u.note, result = u.result, finished_at = $2, \
+                        in_doubt = false, lease_owner = NULL, lease_expires_at = NULL \
+                 FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(id, note, result) WHERE {OWNED}"
+            ))
+            .bind(owner)
+            .bind(now)
+            .bind(&b.done.0)
+            .bind(&b.done.1)
+            .bind(&b.done.2)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !b.retry.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "UPDATE outbox o SET status = 'pending', next_attempt_at = u.next_at, last_error = u.error, \
+                        lease_owner = NULL, lease_expires_at = NULL \
+                 FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS u(id, next_at, error) WHERE {OWNED}"
+            ))
+            .bind(owner)
+            .bind(&b.retry.0)
+            .bind(&b.retry.1)
+            .bind(&b.retry.2)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !b.cont.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "UPDATE outbox o SET status = 'pending', flow_state = u.state, next_attempt_at = u.next_at, \
+                        last_error = u.note, attempts = 0, in_doubt = false, lease_owner = NULL, lease_expires_at = NULL \
+                 FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[]) AS u(id, state, next_at, note) \
+                 WHERE {OWNED}"
+            ))
+            .bind(owner)
+            .bind(&b.cont.0)
+            .bind(&b.cont.1)
+            .bind(&b.cont.2)
+            .bind(&b.cont.3)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !b.release.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "UPDATE outbox o SET status = 'pending', next_attempt_at = $2, \
+                        attempts = CASE WHEN u.in_doubt THEN o.attempts ELSE greatest(o.attempts - 1, 0) END, \
+                        in_doubt = o.in_doubt OR u.in_doubt, lease_owner = NULL, lease_expires_at = NULL \
+                 FROM unnest($3::bigint[], $4::boolean[]) AS u(id, in_doubt) WHERE {OWNED}"
+            ))
+            .bind(owner)
+            .bind(now)
+            .bind(&b.release.0)
+            .bind(&b.release.1)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !b.dead.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(id, reason, last_reply)), \
+                      moved AS (DELETE FROM outbox o USING u WHERE {OWNED} \
+                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply) \
+                 INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                        dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
+            ))
+            .bind(owner)
+            .bind(now)
+            .bind(&b.dead.0)
+            .bind(&b.dead.1)
+            .bind(&b.dead.2)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if !h.outbox_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox_attempts (outbox_id, sink, attempt, started_at, duration_ms, http_status, \
+                                              reply_code, hint, outcome, error, reply) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::bigint[], \
+                                      $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])",
+            )
+            .bind(&h.outbox_id)
+            .bind(&h.sink)
+            .bind(&h.attempt)
+            .bind(&h.started_at)
+            .bind(&h.duration_ms)
+            .bind(&h.http_status)
+            .bind(&h.reply_code)
+            .bind(&h.hint)
+            .bind(&h.outcome)
+            .bind(&h.error)
+            .bind(&h.reply)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((batch.len() as u64).saturating_sub(applied))
+    }
+
+    pub async fn paused_sinks(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused ORDER BY sink COLLATE \"C\"")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox_sinks (sink, paused, paused_at, note) VALUES ($1, $2, CASE WHEN $2 THEN $3 END, $4) \
+             ON CONFLICT (sink) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at, note = excluded.note",
+        )
+        .bind(sink)
+        .bind(paused)
+        .bind(crate::clock::now_ms())
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
+        // One pass over `outbox` (grouped, with filters) instead of a subquery per figure.
+        let rows = sqlx::query(
+            "WITH o AS ( \
+                SELECT sink, \
+                  count(*) FILTER (WHERE status = 'pending') AS pending, \
+                  count(*) FILTER (WHERE status = 'in_flight') AS in_flight, \
+                  count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS due_now, \
+                  min(created_at) FILTER (WHERE status IN ('pending', 'in_flight')) AS oldest, \
+                  count(*) FILTER (WHERE status = 'delivered') AS delivered, \
+                  count(*) FILTER (WHERE status = 'delivered' AND finished_at >= $1 - 3600000) AS delivered_hour, \
+                  count(*) FILTER (WHERE status = 'done') AS done, \
+                  count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying, \
+                  count(*) FILTER (WHERE hint IS NOT NULL) AS hints \
+                FROM outbox GROUP BY sink), \
+             d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
+             sinks AS (SELECT sink FROM o UNION SELECT sink FROM d UNION SELECT sink FROM outbox_sinks) \
+             SELECT s.sink, \
+               coalesce(o.pending, 0) AS pending, coalesce(o.in_flight, 0) AS in_flight, \
+               coalesce(o.due_now, 0) AS due_now, o.oldest, \
+               coalesce(o.delivered, 0) AS delivered, coalesce(o.delivered_hour, 0) AS delivered_hour, \
+               coalesce(o.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
+               coalesce(d.dead, 0) AS dead, coalesce(o.hints, 0) AS hints, \
+               coalesce(p.paused, false) AS paused, \
+               (SELECT x.last_error FROM outbox x \
+                 WHERE x.sink = s.sink AND x.last_error IS NOT NULL AND x.status IN ('pending', 'in_flight') \
+                 ORDER BY x.last_attempt_at DESC NULLS LAST LIMIT 1) AS last_error \
+             FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN d ON d.sink = s.sink \
+                  LEFT JOIN outbox_sinks p ON p.sink = s.sink \
+             ORDER BY s.sink COLLATE \"C\"",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SinkStats {
+                    sink: r.try_get("sink")?,
+                    pending: r.try_get("pending")?,
+                    in_flight: r.try_get("in_flight")?,
+                    due_now: r.try_get("due_now")?,
+                    oldest_pending_ms: r.try_get::<Option<i64>, _>("oldest")?.map(|t| now - t),
+                    delivered: r.try_get("delivered")?,
+                    delivered_last_hour: r.try_get("delivered_hour")?,
+                    done: r.try_get("done")?,
+                    retrying: r.try_get("retrying")?,
+                    dead: r.try_get("dead")?,
+                    hints: r.try_get("hints")?,
+                    paused: r.try_get("paused")?,
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
+        let r = sqlx::query(
+            "SELECT id, sink, event_type, idempotency_key, status, attempts, next_attempt_at, last_error, hint, result \
+             FROM outbox WHERE sink = $1 AND idempotency_key = $2",
+        )
+        .bind(sink)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(RowView {
+                id: r.try_get("id")?,
+                sink: r.try_get("sink")?,
+                event_type: r.try_get("event_type")?,
+                idempotency_key: r.try_get("idempotency_key")?,
+                status: r.try_get("status")?,
+                attempts: i64::from(r.try_get::<i32, _>("attempts")?),
+                next_attempt_at: r.try_get("next_attempt_at")?,
+                last_error: r.try_get("last_error")?,
+                hint: r.try_get("hint")?,
+                result: r.try_get("result")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    pub async fn dead_list(
+        &self,
+        sink: Option<&str>,
+        since: Option<i64>,
+        reason: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeadRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox_dead \
+             WHERE ($1::text IS NULL OR sink = $1) AND ($2::bigint IS NULL OR dead_at >= $2) \
+               AND ($3::text IS NULL OR strpos(lower(reason), lower($3)) > 0) \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(sink)
+        .bind(since)
+        .bind(reason)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(dead_row)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
+        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.as_ref().map(dead_row).transpose()?)
+    }
+
+    pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, http_status, reply_code, hint, outcome, error, reply \
+             FROM outbox_attempts WHERE outbox_id = $1 ORDER BY id",
+        )
+        .bind(outbox_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    attempt: i64::from(r.try_get::<i32, _>("attempt")?),
+                    started_at: r.try_get("started_at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    http_status: r.try_get::<Option<i32>, _>("http_status")?.map(i64::from),
+                    reply_code: r.try_get("reply_code")?,
+                    hint: r.try_get("hint")?,
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    reply: r.try_get("reply")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Locked, so two operators requeueing the same row at once requeue it once.
+        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1 FOR UPDATE")
+            .bind(dead_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(StoreError::NotFound(format!(
+                "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
+            )));
+        };
+        let d = dead_row(&d)?;
+        // Same id as before, so the attempt history stays attached and ordering keys keep
+        // the row's original place.
+        let inserted = sqlx::query(
+            "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, \
+                                 next_attempt_at, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'requeued by an operator') ON CONFLICT DO NOTHING",
+        )
+        .bind(d.outbox_id)
+        .bind(&d.sink)
+        .bind(&d.event_type)
+        .bind(&d.idempotency_key)
+        .bind(&d.payload)
+        .bind(&d.ordering_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "dead row {dead_id} not requeued: sink {} already has a row with key {:?} in the outbox",
+                d.sink, d.idempotency_key
+            )));
+        }
+        sqlx::query("DELETE FROM outbox_dead WHERE id = $1")
+            .bind(dead_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = $1 ORDER BY id")
+                .bind(sink)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT outbox_id FROM outbox_dead WHERE dead_at < $1) \
+               AND outbox_id NOT IN (SELECT id FROM outbox)",
+        )
+        .bind(older_than)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < $1")
+            .bind(older_than)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
+        // One statement: both deletes see the same chosen ids.
+        let n = sqlx::query(
+            "WITH doomed AS ( \
+                SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < $1 \
+                ORDER BY finished_at LIMIT $2), \
+             history AS (DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM doomed)) \
+             DELETE FROM outbox WHERE id IN (SELECT id FROM doomed)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
