@@ -4,4 +4,6 @@
 mod cli;
 mod epeis;
 mod lbbtech;
+mod ops;
 mod pyun;
+mod service;

@@ -1,0 +1,1 @@
+//! Operator commands against a running daemon, on SQLite and Postgres.

@@ -1,0 +1,1 @@
+//! outboxd as a service: signals, reload, readiness.
