@@ -245,8 +245,38 @@ impl SqliteStore {
 
     pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
         let mut lost = 0;
+        // The common case, a plain delivery, and the attempt history are written with one
+        // statement each for the whole batch (JSON arrays through json_each): per-row
+        // statements would cost more than the fsync of the commit.
+        let mut plain: Vec<i64> = Vec::new();
+        let mut attempts: Vec<serde_json::Value> = Vec::new();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for c in batch {
+            if let Some(info) = &c.info {
+                attempts.push(serde_json::json!([
+                    c.id,
+                    c.sink,
+                    c.attempt,
+                    info.started_at,
+                    info.duration_ms,
+                    info.http_status,
+                    info.reply_code,
+                    info.hint,
+                    c.outcome_label,
+                    info.error,
+                    info.reply
+                ]));
+            }
+            if matches!(
+                &c.action,
+                Action::Delivered {
+                    hint: None,
+                    result: None
+                }
+            ) {
+                plain.push(c.id);
+                continue;
+            }
             let owned = "id = ?1 AND status = 'in_flight' AND lease_owner = ?2";
             let affected = match &c.action {
                 Action::Delivered { hint, result } => sqlx::query(&format!(
@@ -333,26 +363,33 @@ impl SqliteStore {
             if affected == 0 {
                 lost += 1;
             }
-            if let Some(info) = &c.info {
-                sqlx::query(
-                    "INSERT INTO outbox_attempts (outbox_id, sink, attempt, started_at, duration_ms, http_status, \
-                                                  reply_code, hint, outcome, error, reply) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .bind(c.id)
-                .bind(&c.sink)
-                .bind(i64::from(c.attempt))
-                .bind(info.started_at)
-                .bind(info.duration_ms)
-                .bind(info.http_status.map(i64::from))
-                .bind(&info.reply_code)
-                .bind(&info.hint)
-                .bind(c.outcome_label)
-                .bind(&info.error)
-                .bind(&info.reply)
-                .execute(&mut *tx)
-                .await?;
-            }
+        }
+        if !plain.is_empty() {
+            let ids = serde_json::to_string(&plain).expect("integers serialise");
+            let done = sqlx::query(
+                "UPDATE outbox SET status = 'delivered', hint = NULL, result = NULL, finished_at = ?3, \
+                        last_error = NULL, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight' AND lease_owner = ?2",
+            )
+            .bind(&ids)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            lost += plain.len() as u64 - done.rows_affected();
+        }
+        if !attempts.is_empty() {
+            let rows = serde_json::Value::Array(attempts).to_string();
+            sqlx::query(
+                "INSERT INTO outbox_attempts (outbox_id, sink, attempt, started_at, duration_ms, http_status, \
+                                              reply_code, hint, outcome, error, reply) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+                        value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
+                 FROM json_each(?1)",
+            )
+            .bind(&rows)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(lost)
