@@ -368,3 +368,115 @@ async fn secrets_never_reach_logs_or_the_database() {
     // The check itself works: the payload's order number is in the file.
     assert!(sqlite_files_contain(env.path(), "S2"));
 }
+
+#[tokio::test]
+async fn ordering_key_rows_are_delivered_one_at_a_time_in_order() {
+    let env = Env::sqlite().await;
+    let store = env.store().await;
+    // The second row of the charger fails once: the rows after it must wait for it.
+    env.sim.script_pyun("ORD-2", vec![Step::code("503")]);
+    for i in 1..=5 {
+        let key = format!("ORD-{i}");
+        let ev = outbox_core::event::NewEvent {
+            sink: "pyun".into(),
+            event_type: EventType::ChargeEnd,
+            idempotency_key: key.clone(),
+            payload: charge_end(&key).to_string(),
+            ordering_key: Some("charger-7".into()),
+            not_before: None,
+        };
+        assert!(store.enqueue(&ev).await.unwrap());
+        // An unordered row between them is free to go at any time.
+        let free = format!("FREE-{i}");
+        env.enqueue(
+            &store,
+            "pyun",
+            EventType::ChargeEnd,
+            &free,
+            &charge_end(&free),
+        )
+        .await;
+    }
+    env.run_until_idle(RUN).await;
+    let ordered: Vec<String> = env
+        .sim
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.key.filter(|k| k.starts_with("ORD-")))
+        .collect();
+    assert_eq!(
+        ordered,
+        ["ORD-1", "ORD-2", "ORD-2", "ORD-3", "ORD-4", "ORD-5"]
+    );
+    assert_eq!(env.sim.applied_keys(Platform::Pyun).len(), 10);
+}
+
+#[tokio::test]
+async fn a_python_producer_on_sqlite_3_40_writes_while_the_daemon_drains() {
+    let env = Env::sqlite().await;
+    let db = env.path().join("outbox.db");
+    let mut daemon = env.spawn_daemon();
+    // Python's sqlite3 module is the producer: its SQLite (3.40 on Debian 12) evaluates the
+    // column defaults; only the producer columns are inserted, each in its own transaction
+    // together with a business row, as the README tells producers to do.
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5.0)
+db.execute("PRAGMA busy_timeout = 5000")
+db.execute("CREATE TABLE IF NOT EXISTS charges (order_no TEXT PRIMARY KEY)")
+for i in range(400):
+    order = f"PY-{i:04d}"
+    payload = {"station_uuid": "8f5fdb60-9374-4c11-bdc2-a32d8369258c", "device_no": "S1", "port_no": "1",
+               "replenish_order": order, "start_time": "2026-11-24T08:20:00Z", "end_time": "2026-11-24T09:20:00Z",
+               "quantity": 6556, "energy_value": 207, "fee_value": 975, "total_value": 1182, "energy_code": "CN_DC"}
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO charges (order_no) VALUES (?)", (order,))
+    db.execute("INSERT INTO outbox (sink, event_type, idempotency_key, payload) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (sink, idempotency_key) DO NOTHING", ("pyun", "charge_end", order, json.dumps(payload)))
+    db.execute("COMMIT")
+print(sqlite3.sqlite_version)
+"#;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "producer's SQLite: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(
+        env.sim
+            .wait_for_requests(400, Duration::from_secs(30))
+            .await,
+        "not every produced row was delivered"
+    );
+    // A graceful stop records the last verdicts before exiting.
+    let pid = daemon.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let store = env.store().await;
+    for i in 0..400 {
+        assert_eq!(
+            env.sim.applied_count(Platform::Pyun, &format!("PY-{i:04}")),
+            1
+        );
+    }
+    let stats = store.stats(outbox_core::clock::now_ms()).await.unwrap();
+    assert_eq!(stats[0].delivered, 400, "{stats:?}");
+}
