@@ -13,7 +13,7 @@ command -v sqlite3 >/dev/null || apt-get install -y sqlite3 >/dev/null
 
 DIR=$(mktemp -d /tmp/outboxd-bench.XXXXXX)
 SIM_PID=""
-cleanup() { [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null; rm -rf "$DIR"; }
+cleanup() { [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$DIR"; }
 trap cleanup EXIT
 
 DB="$DIR/outbox.db"
@@ -48,17 +48,18 @@ secret_file = "$DIR/secret"
 concurrency = $CONC
 TOML
 
-/usr/bin/time -v "$BIN/outboxd" --config "$DIR/outboxd.toml" run --until-idle >"$DIR/run.out" 2>"$DIR/run.err" || { cat "$DIR/run.err"; exit 1; }
+${PERF:-} /usr/bin/time -v "$BIN/outboxd" --config "$DIR/outboxd.toml" run --until-idle >"$DIR/run.out" 2>"$DIR/run.err" || { cat "$DIR/run.err"; exit 1; }
 WALL=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$DIR/run.err")
 RSS_KB=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$DIR/run.err")
 CPU=$(sed -n 's/.*Percent of CPU this job got: //p' "$DIR/run.err")
+SIM_CPU=$(awk '{printf "%.2f", ($14 + $15) / 100}' /proc/$SIM_PID/stat)
 DELIVERED=$(sqlite3 "$DB" "SELECT count(*) FROM outbox WHERE status = 'delivered'")
 APPLIED=$(curl -s "$SIM_URL/_sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pyun"]["applied"])')
-python3 - "$ROWS" "$WALL" "$RSS_KB" "$DELIVERED" "$APPLIED" "$CPU" "$CONC" <<'PY'
+python3 - "$ROWS" "$WALL" "$RSS_KB" "$DELIVERED" "$APPLIED" "$CPU" "$CONC" "$SIM_CPU" <<'PY'
 import sys
-rows, wall, rss, delivered, applied, cpu, conc = sys.argv[1:]
+rows, wall, rss, delivered, applied, cpu, conc, sim_cpu = sys.argv[1:]
 parts = [float(p) for p in wall.split(":")]
 secs = parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0)
 print(f"rows={rows} concurrency={conc} delivered={delivered} applied_by_platform={applied}")
-print(f"wall={secs:.2f}s rate={int(rows)/secs:,.0f} rows/s outboxd_cpu={cpu} peak_rss={int(rss)/1024:.1f} MiB")
+print(f"wall={secs:.2f}s rate={int(rows)/secs:,.0f} rows/s outboxd_cpu={cpu} simulator_cpu={float(sim_cpu)/secs:.0%} peak_rss={int(rss)/1024:.1f} MiB")
 PY

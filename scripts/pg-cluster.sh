@@ -97,7 +97,10 @@ start() {
         touch "$DIR/.pg-cluster"
         if [[ $EUID -eq 0 ]]; then chown -R postgres: "$DIR"; fi
         as_owner test -w "$DIR" || die "the postgres user cannot write $DIR (are its parent directories reachable?)"
-        as_owner "$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 \
+        # Byte-order collation, like SQLite's; plain C where C.UTF-8 is missing.
+        local locale=C
+        if locale -a 2>/dev/null | grep -qiE '^c\.utf-?8$'; then locale=C.UTF-8; fi
+        as_owner "$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --locale="$locale" >"$DIR/initdb.log" 2>&1 \
             || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
         echo "$port" >"$DIR/port"
     fi

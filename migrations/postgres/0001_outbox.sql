@@ -33,11 +33,14 @@ CREATE TABLE outbox (
 );
 
 -- The due-scan: only pending rows, per sink, by due time. Stays small however many
--- delivered rows the table keeps.
-CREATE INDEX outbox_due ON outbox (sink, next_attempt_at) WHERE status = 'pending';
+-- delivered rows the table keeps. `id` is the claim's tie-break (SQLite gets it free with
+-- the rowid): the index is then in claim order and a claim reads `limit` entries instead of
+-- sorting the whole backlog (0.2 ms instead of 700 ms with 200,000 rows due).
+CREATE INDEX outbox_due ON outbox (sink, next_attempt_at, id) WHERE status = 'pending';
 -- Crash recovery: in-flight rows by lease expiry.
 CREATE INDEX outbox_leased ON outbox (lease_expires_at) WHERE status = 'in_flight';
--- Ordering keys: is there an earlier unfinished row (or any in-flight row) with the same key?
+-- Ordering keys: is there an earlier unfinished row with the same key? (Whether any row of
+-- the key is in flight is answered from the few rows of `outbox_leased`.)
 CREATE INDEX outbox_ordering ON outbox (ordering_key, id)
     WHERE ordering_key IS NOT NULL AND status IN ('pending', 'in_flight');
 -- Retention of final rows.

@@ -300,6 +300,11 @@ async fn retention_task(store: Store, retention: Duration) {
 }
 
 /// Runs the worker until shutdown (or until idle, per `opts.mode`). Returns what it did.
+///
+/// One loop owns the database: each round it writes the verdicts of the deliveries that
+/// finished since the last round and claims rows for the free slots, in one transaction
+/// ([`Store::cycle`]). A slot is freed only once its row's verdict is committed, so the rows
+/// that could be delivered twice after a crash are bounded by the sinks' concurrency.
 pub async fn run(
     config: &Config,
     store: Store,
@@ -330,20 +335,7 @@ pub async fn run(
 
     let mut slots = build_slots(config, &client)?;
     let mut known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
-    let counters = Arc::new(Counters::default());
-
-    // A slot is freed only once its row's verdict is committed, so the rows that could be
-    // delivered twice after a crash are bounded by the sinks' concurrency.
-    let (tx, rx) = mpsc::unbounded_channel::<(usize, Completion)>();
-    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Vec<usize>>();
-    let completer = tokio::spawn(completer(
-        store.clone(),
-        owner.clone(),
-        rx,
-        committed_tx,
-        counters.clone(),
-        metrics.clone(),
-    ));
+    let counters = Counters::default();
     let pruner = tokio::spawn(retention_task(store.clone(), wc.retention));
 
     tracing::info!(worker = %owner, backend = store.backend(), sinks = ?known, "outboxd worker started");
@@ -351,10 +343,14 @@ pub async fn run(
     let mut wake = Wake::new(store.clone(), wc.wake_interval);
     let mut tasks: JoinSet<(ClaimedRow, StepOutcome)> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+    // Verdicts waiting to be written, with their slot.
+    let mut pending: Vec<(usize, Completion)> = Vec::new();
     let mut health = DbHealth::default();
+    let mut next_db_try = Instant::now();
     let mut paused: Vec<String> = Vec::new();
     let mut next_housekeeping = Instant::now();
     let mut next_progress = Instant::now() + Duration::from_secs(60);
+    let mut next_idle_check = Instant::now();
     let mut last_progress = counters.summary();
     let mut grace_deadline: Option<Instant> = None;
     let mut lease_ms = clock::ms(wc.lease);
@@ -365,44 +361,51 @@ pub async fn run(
             beat();
         }
         let stopping = grace_deadline.is_some();
+        let db_ready = Instant::now() >= next_db_try;
         let mut more_waiting = false;
 
-        if !stopping {
+        if !stopping && db_ready && Instant::now() >= next_housekeeping {
+            // Expired leases (a crashed worker) go back to pending; rows for sinks that are
+            // not configured are dead-lettered, so they don't sit there forever.
             let now = now_ms();
-            if Instant::now() >= next_housekeeping {
-                // Expired leases (a crashed worker) go back to pending; rows for sinks that
-                // are not configured are dead-lettered, so they don't sit there forever.
-                let r = async {
-                    let reclaimed = store.reclaim_expired(now).await?;
-                    if reclaimed > 0 {
-                        tracing::warn!(
-                            rows = reclaimed,
-                            "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
-                        );
-                    }
-                    let unknown = store.dead_letter_unknown_sinks(&known, now).await?;
-                    if unknown > 0 {
-                        tracing::warn!(
-                            rows = unknown,
-                            "dead-lettered rows addressed to sinks that are not configured"
-                        );
-                        counters.dead.fetch_add(unknown, Ordering::Relaxed);
-                    }
-                    paused = store.paused_sinks().await?;
-                    Ok::<_, crate::store::StoreError>(())
+            let r = async {
+                let reclaimed = store.reclaim_expired(now).await?;
+                if reclaimed > 0 {
+                    tracing::warn!(
+                        rows = reclaimed,
+                        "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
+                    );
                 }
-                .await;
-                match r {
-                    Ok(()) => {
-                        health.ok();
-                        next_housekeeping = Instant::now() + wc.poll_interval;
-                    }
-                    Err(e) => health.failed("housekeeping", &e),
+                let unknown = store.dead_letter_unknown_sinks(&known, now).await?;
+                if unknown > 0 {
+                    tracing::warn!(
+                        rows = unknown,
+                        "dead-lettered rows addressed to sinks that are not configured"
+                    );
+                    counters.dead.fetch_add(unknown, Ordering::Relaxed);
+                }
+                paused = store.paused_sinks().await?;
+                Ok::<_, crate::store::StoreError>(())
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    health.ok();
+                    next_housekeeping = Instant::now() + wc.poll_interval;
+                }
+                Err(e) => {
+                    health.failed("housekeeping", &e);
+                    next_db_try = Instant::now() + health.backoff();
                 }
             }
+        }
 
+        // Which sinks to claim for this round.
+        let mut claims: Vec<(String, u32)> = Vec::new();
+        let mut claim_slots: Vec<usize> = Vec::new();
+        if !stopping && health.failing_since.is_none() {
             for (i, slot) in slots.iter_mut().enumerate() {
-                if paused.contains(&slot.name) || health.failing_since.is_some() {
+                if paused.contains(&slot.name) {
                     continue;
                 }
                 let hold = slot.sink.hold(now_ms());
@@ -417,37 +420,52 @@ pub async fn run(
                     }
                     slot.held = hold;
                 }
-                if slot.held.is_some() {
+                if slot.held.is_some() || slot.concurrency == 0 {
                     continue;
                 }
-                let free = slot.concurrency.saturating_sub(slot.in_flight);
+                // Slots of the verdicts about to be written count as free.
+                let finishing = pending.iter().filter(|(s, _)| *s == i).count();
+                let free = (slot.concurrency + finishing).saturating_sub(slot.in_flight);
                 // Refill in chunks: claiming one row per freed slot would cost a commit (an
                 // fsync) per row.
                 let threshold = (slot.concurrency / 4).max(1);
-                if slot.concurrency == 0 || free == 0 || (free < threshold && slot.in_flight > 0) {
+                if free == 0 || (free < threshold && slot.in_flight > finishing) {
                     more_waiting |= free == 0;
                     continue;
                 }
-                let limit = (free as u32).min(wc.batch_size);
-                let now = now_ms();
-                match store
-                    .claim(&slot.name, &owner, limit, now, now + lease_ms)
-                    .await
-                {
-                    Ok(rows) => {
-                        health.ok();
-                        if rows.len() as u32 == limit {
+                claims.push((slot.name.clone(), (free as u32).min(wc.batch_size)));
+                claim_slots.push(i);
+            }
+        }
+
+        if db_ready && (!pending.is_empty() || !claims.is_empty()) {
+            let batch: Vec<Completion> = pending.iter().map(|(_, c)| c.clone()).collect();
+            let now = now_ms();
+            match store
+                .cycle(&owner, &batch, &claims, now, now + lease_ms)
+                .await
+            {
+                Ok((lost, claimed)) => {
+                    health.ok();
+                    if lost > 0 {
+                        tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
+                    }
+                    for (slot, c) in pending.drain(..) {
+                        slots[slot].in_flight -= 1;
+                        account(&counters, &metrics, &c);
+                    }
+                    for ((i, rows), (_, limit)) in claim_slots.iter().zip(claimed).zip(&claims) {
+                        if rows.len() as u32 == *limit {
                             more_waiting = true;
                         }
                         counters
                             .claimed
                             .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                        let slot = &mut slots[*i];
                         for row in rows {
                             slot.in_flight += 1;
-                            let sink = slot.sink.clone();
-                            let name = slot.name.clone();
-                            let row_id = row.id;
-                            let attempt = row.attempts;
+                            let (sink, name) = (slot.sink.clone(), slot.name.clone());
+                            let (row_id, attempt) = (row.id, row.attempts);
                             let handle = tasks.spawn(async move {
                                 let outcome = match precheck(&row, &name, &sink) {
                                     Some(reason) => StepOutcome {
@@ -462,32 +480,57 @@ pub async fn run(
                                 handle.id(),
                                 InFlight {
                                     row_id,
-                                    slot: i,
+                                    slot: *i,
                                     attempt,
                                 },
                             );
                         }
                     }
-                    Err(e) => health.failed("claim", &e),
+                    wake.mark_seen();
+                }
+                Err(e) => {
+                    health.failed("recording verdicts and claiming", &e);
+                    next_db_try = Instant::now() + health.backoff();
                 }
             }
-            wake.mark_seen();
         }
 
         if stopping && tasks.is_empty() {
-            break;
+            if pending.is_empty() {
+                break;
+            }
+            if health
+                .failing_since
+                .is_some_and(|s| s.elapsed() > Duration::from_secs(10))
+            {
+                tracing::error!(rows = pending.len(), "giving up recording verdicts at shutdown; these rows will be delivered again after their lease expires");
+                break;
+            }
         }
         if mode == RunMode::UntilIdle
             && !stopping
             && tasks.is_empty()
+            && pending.is_empty()
             && !more_waiting
             && health.failing_since.is_none()
+            && Instant::now() >= next_idle_check
         {
+            // The status query counts the whole table: ask at most every 50ms.
+            next_idle_check = Instant::now() + Duration::from_millis(50);
+            let held: Vec<&str> = slots
+                .iter()
+                .filter(|s| s.held.is_some())
+                .map(|s| s.name.as_str())
+                .collect();
             match store.stats(now_ms()).await {
                 Ok(stats) => {
                     let open: i64 = stats
                         .iter()
-                        .filter(|s| known.contains(&s.sink) && !paused.contains(&s.sink))
+                        .filter(|s| {
+                            known.contains(&s.sink)
+                                && !paused.contains(&s.sink)
+                                && !held.contains(&s.sink.as_str())
+                        })
                         .map(|s| s.pending + s.in_flight)
                         .sum();
                     if open == 0 {
@@ -515,9 +558,9 @@ pub async fn run(
         }
 
         let idle_until = if health.failing_since.is_some() {
-            Instant::now() + health.backoff()
-        } else if more_waiting && !stopping {
-            // Work is waiting: come back as soon as slots free up.
+            next_db_try
+        } else if (more_waiting && !stopping) || !pending.is_empty() {
+            // Work is waiting: come back as soon as something finishes.
             Instant::now() + Duration::from_millis(1)
         } else {
             next_housekeeping.max(Instant::now() + Duration::from_millis(1))
@@ -530,19 +573,17 @@ pub async fn run(
                 grace_deadline = Some(Instant::now() + wc.shutdown_grace);
             }
             Some(joined) = tasks.join_next_with_id() => {
-                let mut batch = vec![joined];
+                let mut done = vec![joined];
                 while let Some(j) = tasks.try_join_next_with_id() {
-                    batch.push(j);
+                    done.push(j);
                 }
-                for j in batch {
-                    finish(j, &mut in_flight, &slots, &tx);
-                }
+                pending.extend(done.into_iter().filter_map(|j| finish(j, &mut in_flight, &slots)));
             }
-            _ = async { tokio::time::sleep_until(grace_deadline.expect("guarded")).await }, if stopping => {
+            _ = async { tokio::time::sleep_until(grace_deadline.expect("guarded")).await }, if stopping && !tasks.is_empty() => {
                 tracing::warn!(rows = tasks.len(), "shutdown grace over: abandoning in-flight deliveries; their rows are released for another attempt");
                 tasks.abort_all();
                 while let Some(j) = tasks.join_next_with_id().await {
-                    finish(j, &mut in_flight, &slots, &tx);
+                    pending.extend(finish(j, &mut in_flight, &slots));
                 }
             }
             Some(new_config) = async { reload.as_mut().expect("guarded").recv().await }, if reload.is_some() && !stopping => {
@@ -561,23 +602,41 @@ pub async fn run(
                     Err(e) => tracing::error!(error = %e, "reloaded configuration rejected; keeping the previous one"),
                 }
             }
-            Some(slots_done) = committed_rx.recv() => {
-                for i in slots_done {
-                    slots[i].in_flight -= 1;
-                }
-            }
             _ = wake.changed_or(idle_until), if !stopping => {}
+            _ = tokio::time::sleep_until(idle_until), if stopping => {}
         }
     }
 
     pruner.abort();
-    drop(tx);
-    if completer.await.is_err() {
-        tracing::error!("the completer task failed; unrecorded rows will be redelivered when their lease expires");
-    }
     let s = counters.summary();
     tracing::info!(?s, "outboxd worker stopped");
     Ok(s)
+}
+
+/// Counts a committed verdict.
+fn account(counters: &Counters, metrics: &Metrics, c: &Completion) {
+    metrics.record(
+        &c.sink,
+        c.outcome_label,
+        c.info
+            .as_ref()
+            .filter(|i| i.http_status.is_some() || i.error.is_some())
+            .map(|i| i.duration_ms),
+        matches!(c.action, Action::Delivered { hint: Some(_), .. }),
+    );
+    let counter = match &c.action {
+        Action::Delivered { hint: Some(_), .. } => {
+            counters.hints.fetch_add(1, Ordering::Relaxed);
+            &counters.delivered
+        }
+        Action::Delivered { .. } => &counters.delivered,
+        Action::Done { .. } => &counters.done,
+        Action::Retry { .. } => &counters.retried,
+        Action::Continue { .. } => &counters.continued,
+        Action::Dead { .. } => &counters.dead,
+        Action::Release { .. } => &counters.released,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Turns a finished (or aborted, or panicked) delivery task into a completion.
@@ -585,15 +644,12 @@ fn finish(
     joined: Result<(tokio::task::Id, (ClaimedRow, StepOutcome)), tokio::task::JoinError>,
     in_flight: &mut HashMap<tokio::task::Id, InFlight>,
     slots: &[SinkSlot],
-    tx: &mpsc::UnboundedSender<(usize, Completion)>,
-) {
+) -> Option<(usize, Completion)> {
     let id = match &joined {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
-    let Some(f) = in_flight.remove(&id) else {
-        return;
-    };
+    let f = in_flight.remove(&id)?;
     let slot = &slots[f.slot];
     let now = now_ms();
     let completion = match joined {
@@ -636,8 +692,7 @@ fn finish(
             outcome_label: "released",
         },
     };
-    // The completer only stops after this loop has dropped the sender.
-    let _ = tx.send((f.slot, completion));
+    Some((f.slot, completion))
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -667,103 +722,5 @@ fn log_verdict(sink: &str, row: &ClaimedRow, outcome: &StepOutcome, action: &Act
             tracing::warn!(sink, key, attempt = row.attempts, reason = %reason, verdict = outcome.verdict.label(), "dead-lettered")
         }
         Action::Release { .. } => {}
-    }
-}
-
-/// Writes completions in batches; on a database error keeps the batch and retries, so a
-/// verdict is never dropped while the daemon runs.
-async fn completer(
-    store: Store,
-    owner: String,
-    mut rx: mpsc::UnboundedReceiver<(usize, Completion)>,
-    committed: mpsc::UnboundedSender<Vec<usize>>,
-    counters: Arc<Counters>,
-    metrics: Arc<Metrics>,
-) {
-    const MAX_BATCH: usize = 1024;
-    let mut health = DbHealth::default();
-    let mut batch: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
-    let mut batch_slots: Vec<usize> = Vec::with_capacity(MAX_BATCH);
-    let mut closed = false;
-    loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some((slot, c)) => {
-                    batch_slots.push(slot);
-                    batch.push(c);
-                }
-                None => return,
-            }
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((slot, c)) => {
-                    batch_slots.push(slot);
-                    batch.push(c);
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        match store.complete(&owner, &batch, now_ms()).await {
-            Ok(lost) => {
-                health.ok();
-                if lost > 0 {
-                    tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
-                }
-                for c in &batch {
-                    metrics.record(
-                        &c.sink,
-                        c.outcome_label,
-                        c.info
-                            .as_ref()
-                            .filter(|i| i.http_status.is_some() || i.error.is_some())
-                            .map(|i| i.duration_ms),
-                        matches!(c.action, Action::Delivered { hint: Some(_), .. }),
-                    );
-                    let counter = match &c.action {
-                        Action::Delivered { hint: Some(_), .. } => {
-                            counters.hints.fetch_add(1, Ordering::Relaxed);
-                            &counters.delivered
-                        }
-                        Action::Delivered { .. } => &counters.delivered,
-                        Action::Done { .. } => &counters.done,
-                        Action::Retry { .. } => &counters.retried,
-                        Action::Continue { .. } => &counters.continued,
-                        Action::Dead { .. } => &counters.dead,
-                        Action::Release { .. } => &counters.released,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                batch.clear();
-                // The worker loop may be gone at shutdown; then nobody needs the slots.
-                let _ = committed.send(std::mem::take(&mut batch_slots));
-            }
-            Err(e) => {
-                health.failed("recording verdicts", &e);
-                if closed
-                    && health
-                        .failing_since
-                        .is_some_and(|s| s.elapsed() > Duration::from_secs(10))
-                {
-                    tracing::error!(rows = batch.len(), "giving up recording verdicts at shutdown; these rows will be delivered again after their lease expires");
-                    return;
-                }
-                tokio::time::sleep(health.backoff()).await;
-            }
-        }
-        if closed && batch.is_empty() && rx.is_empty() {
-            // Drain whatever is left (the sender is gone, recv returns None when empty).
-            while let Ok((slot, c)) = rx.try_recv() {
-                batch_slots.push(slot);
-                batch.push(c);
-            }
-            if batch.is_empty() {
-                return;
-            }
-        }
     }
 }

@@ -39,8 +39,10 @@ pub enum Command {
     CheckConfig,
     /// Put an event into the outbox (what producers do in SQL).
     Enqueue(EnqueueArgs),
-    /// Per-sink queue figures.
+    /// Per-sink queue figures: pending, in flight, due, oldest, delivered, retrying, dead,
+    /// hints, paused, last error.
     Status {
+        /// Machine-readable output (an array, one object per sink).
         #[arg(long)]
         json: bool,
     },
@@ -53,17 +55,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Inspect and requeue dead-lettered rows.
+    /// Inspect, requeue and purge dead-lettered rows.
     #[command(subcommand)]
     Dead(DeadCommand),
-    /// Hold a sink's rows (no attempts burned) until `resume`.
+    /// Hold a sink's rows (no attempts burned) until `resume`; the running daemon stops
+    /// claiming them within one poll interval.
     Pause {
-        sink: String,
+        #[command(flatten)]
+        sink: SinkArg,
+        /// Why (shown to other operators), e.g. "credentials being rotated".
         #[arg(long)]
         note: Option<String>,
     },
     /// Resume a paused sink.
-    Resume { sink: String },
+    Resume {
+        #[command(flatten)]
+        sink: SinkArg,
+    },
+}
+
+/// The sink a `pause` / `resume` acts on.
+#[derive(Args)]
+pub struct SinkArg {
+    /// The sink's name, as in `[sinks.NAME]`.
+    #[arg(value_name = "SINK")]
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -84,20 +102,23 @@ pub struct EnqueueArgs {
     /// Do not deliver before this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
     #[arg(long)]
     pub not_before: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]
 pub enum DeadCommand {
-    /// List dead-lettered rows.
+    /// List dead-lettered rows, oldest first.
     List {
         #[arg(long)]
         sink: Option<String>,
         /// Only rows dead-lettered within this long (e.g. 2h, 7d).
-        #[arg(long)]
+        #[arg(long, value_name = "DURATION")]
         since: Option<humantime::Duration>,
-        /// Only rows whose reason contains this text.
-        #[arg(long)]
+        /// Only rows whose reason contains this text (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// At most this many rows.
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[arg(long)]
@@ -109,9 +130,14 @@ pub enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move rows back to pending, attempts reset, history kept.
+    /// Move rows back to pending, attempts reset, history kept. Safe while the daemon
+    /// runs; a row whose key is already back in the outbox (the producer re-sent it) is
+    /// left dead, so nothing is delivered twice.
     Requeue {
+        /// Dead row ids, as `dead list` shows them.
+        #[arg(value_name = "ID")]
         ids: Vec<i64>,
+        /// With --all: every dead row of this sink.
         #[arg(long)]
         sink: Option<String>,
         /// With --sink: every dead row of that sink.
@@ -120,9 +146,10 @@ pub enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete dead rows older than this (e.g. 30d).
+    /// Delete dead rows (and their attempt history) dead-lettered longer ago than this.
     Purge {
-        #[arg(long)]
+        /// e.g. 30d, 12h.
+        #[arg(long, value_name = "DURATION")]
         older_than: humantime::Duration,
         #[arg(long)]
         json: bool,

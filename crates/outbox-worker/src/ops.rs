@@ -1,23 +1,36 @@
-//! Operator commands: enqueue, status, show, dead-letter inspection and requeue, pause.
+//! Operator commands: enqueue, status, show, dead-letter inspection, requeue and purge,
+//! pause and resume. Each prints an aligned table (colour only on a terminal) or, with
+//! `--json`, one JSON document on stdout; errors say what to do next.
 
 use std::io::Read;
 
 use outbox_core::clock::{self, now_ms};
 use outbox_core::event::{EventType, NewEvent};
-use outbox_core::store::{Store, StoreError};
+use outbox_core::store::{AttemptRow, SinkStats, Store, StoreError};
 use serde_json::json;
 
-use crate::cli::{DeadCommand, EnqueueArgs};
-use crate::table;
+use crate::cli::{DeadCommand, EnqueueArgs, SinkArg};
+use crate::table::{self, age, clip, relative, Align, Paint};
 
 pub type CmdResult = Result<(), String>;
 
-fn ago(t: i64) -> String {
-    format!("{} ago", clock::age(now_ms() - t))
-}
+/// Widest a free-text cell (reason, hint, error) gets in a table; `show` prints it whole.
+const TEXT_COLUMN: usize = 72;
 
 fn store_err(e: StoreError) -> String {
-    e.to_string()
+    match e {
+        StoreError::Database(_) => format!(
+            "{e}\n  check that the database is reachable and that database_url (config, or --database-url) points at the outbox"
+        ),
+        e => e.to_string(),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("plain data serialises")
+    );
 }
 
 pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
@@ -34,8 +47,9 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
             .map_err(|e| format!("reading the payload file {path}: {e}"))?,
         None => a.payload,
     };
-    serde_json::from_str::<serde_json::Value>(&payload)
-        .map_err(|e| format!("the payload is not valid JSON: {e}"))?;
+    serde_json::from_str::<serde_json::Value>(&payload).map_err(|e| {
+        format!("the payload is not valid JSON: {e}\n  pass JSON text, @FILE or @- (stdin)")
+    })?;
     let not_before = match a.not_before {
         Some(t) => {
             let at = humantime::parse_rfc3339_weak(&t)
@@ -56,143 +70,215 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
         ordering_key: a.ordering_key,
         not_before,
     };
-    if store.enqueue(&ev).await.map_err(store_err)? {
+    let inserted = store.enqueue(&ev).await.map_err(store_err)?;
+    if a.json {
+        print_json(&json!({
+            "enqueued": inserted,
+            "sink": ev.sink,
+            "event_type": ev.event_type.as_str(),
+            "idempotency_key": ev.idempotency_key,
+        }));
+    } else if inserted {
         println!(
             "enqueued {} {} for sink {}",
             ev.event_type, ev.idempotency_key, ev.sink
         );
     } else {
         println!(
-            "already in the outbox: sink {} key {} (ignored)",
-            ev.sink, ev.idempotency_key
+            "already in the outbox: sink {} key {} (ignored; `outboxd show --sink {} --key {}` shows it)",
+            ev.sink, ev.idempotency_key, ev.sink, ev.idempotency_key
         );
     }
     Ok(())
 }
 
 pub async fn status(store: &Store, json_out: bool) -> CmdResult {
-    let stats = store.stats(now_ms()).await.map_err(store_err)?;
+    let now = now_ms();
+    let stats = store.stats(now).await.map_err(store_err)?;
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&stats).expect("serialisable")
-        );
+        print_json(&stats);
         return Ok(());
     }
     if stats.is_empty() {
-        println!("the outbox is empty");
+        println!("the outbox is empty: no rows, no dead letters, no paused sinks");
         return Ok(());
     }
+    print!("{}", status_table(&stats, Paint::stdout()));
+    Ok(())
+}
+
+/// The text form of `status`: one line per sink, then what needs a look.
+fn status_table(stats: &[SinkStats], p: Paint) -> String {
     let rows: Vec<Vec<String>> = stats
         .iter()
         .map(|s| {
             vec![
-                s.sink.clone(),
+                p.bold(&s.sink),
                 if s.paused {
-                    "paused".into()
+                    p.yellow("paused")
                 } else {
-                    "active".into()
+                    p.green("active")
                 },
                 s.pending.to_string(),
-                s.in_flight.to_string(),
                 s.due_now.to_string(),
-                s.oldest_pending_ms
-                    .map(clock::age)
-                    .unwrap_or_else(|| "-".into()),
-                s.delivered.to_string(),
+                s.in_flight.to_string(),
+                s.oldest_pending_ms.map(age).unwrap_or_else(|| "-".into()),
+                p.warn_count(s.retrying),
                 s.delivered_last_hour.to_string(),
+                s.delivered.to_string(),
                 s.done.to_string(),
-                s.retrying.to_string(),
-                s.dead.to_string(),
-                s.hints.to_string(),
+                p.bad_count(s.dead),
+                p.warn_count(s.hints),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table::render(
-            &[
-                "SINK",
-                "STATE",
-                "PENDING",
-                "IN FLIGHT",
-                "DUE",
-                "OLDEST",
-                "DELIVERED",
-                "LAST HOUR",
-                "DONE",
-                "RETRYING",
-                "DEAD",
-                "HINTS"
-            ],
-            &rows
-        )
+    use Align::{Left as L, Right as R};
+    let mut out = table::render_aligned(
+        &[
+            "SINK",
+            "STATE",
+            "PENDING",
+            "DUE",
+            "IN FLIGHT",
+            "OLDEST",
+            "RETRYING",
+            "LAST HOUR",
+            "DELIVERED",
+            "DONE",
+            "DEAD",
+            "HINTS",
+        ],
+        &[L, L, R, R, R, R, R, R, R, R, R, R],
+        &rows,
     );
-    for s in &stats {
+    let mut notes = Vec::new();
+    for s in stats {
         if let Some(e) = &s.last_error {
-            println!("{}: last error: {e}", s.sink);
+            notes.push(format!(
+                "{}: last error: {}",
+                s.sink,
+                p.red(&clip(e, 2 * TEXT_COLUMN))
+            ));
+        }
+        if s.paused {
+            notes.push(format!(
+                "{}: paused, {} row(s) held; `outboxd resume {}` delivers them again",
+                s.sink,
+                s.pending + s.in_flight,
+                s.sink
+            ));
+        }
+        if s.dead > 0 {
+            notes.push(format!(
+                "{}: {} dead-lettered row(s); `outboxd dead list --sink {}` shows why",
+                s.sink, s.dead, s.sink
+            ));
+        }
+        if s.hints > 0 {
+            notes.push(format!(
+                "{}: {} delivered row(s) carried a platform hint (accepted with a warning); the daemon logs each one",
+                s.sink, s.hints
+            ));
         }
     }
-    Ok(())
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdResult {
     let row = store.row(sink, key).await.map_err(store_err)?;
     let Some(row) = row else {
-        return Err(format!("no row for sink {sink} key {key:?} in the outbox (it may have been dead-lettered: see `outboxd dead list --sink {sink}`)"));
+        return Err(format!(
+            "no row for sink {sink} key {key:?} in the outbox\n  it may have been dead-lettered (`outboxd dead list --sink {sink}`) or pruned after its retention"
+        ));
     };
     let attempts = store.attempts(row.id).await.map_err(store_err)?;
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"row": row, "attempts": attempts}))
-                .expect("serialisable")
-        );
+        print_json(&json!({"row": row, "attempts": attempts}));
         return Ok(());
     }
+    let p = Paint::stdout();
+    let now = now_ms();
     println!(
-        "row {} sink {} key {} ({}): {}, {} attempt(s)",
-        row.id, row.sink, row.idempotency_key, row.event_type, row.status, row.attempts
+        "{} {} / {} ({}), outbox row {}",
+        p.bold("row"),
+        row.sink,
+        row.idempotency_key,
+        row.event_type,
+        row.id
     );
+    let due = match row.status.as_str() {
+        "pending" if row.next_attempt_at > now => {
+            format!(", next attempt {}", relative(row.next_attempt_at, now))
+        }
+        "pending" => ", due now".to_string(),
+        _ => String::new(),
+    };
+    let mut fields = vec![(
+        "status",
+        format!("{}, {} attempt(s){due}", row.status, row.attempts),
+    )];
     if let Some(h) = &row.hint {
-        println!("hint: {h}");
+        fields.push(("hint", p.yellow(h)));
     }
     if let Some(r) = &row.result {
-        println!("result: {r}");
+        fields.push(("result", r.clone()));
     }
     if let Some(e) = &row.last_error {
-        println!("last error: {e}");
+        fields.push(("last error", p.red(e)));
     }
-    print_attempts(&attempts);
+    print!("{}", key_values(&fields));
+    print_attempts(&attempts, now, p);
     Ok(())
 }
 
-fn print_attempts(attempts: &[outbox_core::store::AttemptRow]) {
+/// `name  value` lines with the values lined up.
+fn key_values(fields: &[(&str, String)]) -> String {
+    let w = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+        .collect()
+}
+
+fn print_attempts(attempts: &[AttemptRow], now: i64, p: Paint) {
     if attempts.is_empty() {
+        println!("no attempts recorded");
         return;
     }
     let rows: Vec<Vec<String>> = attempts
         .iter()
         .map(|a| {
+            let detail = a
+                .hint
+                .as_deref()
+                .map(|h| p.yellow(&clip(h, TEXT_COLUMN)))
+                .or_else(|| a.error.as_deref().map(|e| p.red(&clip(e, TEXT_COLUMN))))
+                .unwrap_or_default();
             vec![
                 a.attempt.to_string(),
-                ago(a.started_at),
+                relative(a.started_at, now),
                 format!("{}ms", a.duration_ms),
                 a.http_status
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "-".into()),
                 a.reply_code.clone().unwrap_or_else(|| "-".into()),
                 a.outcome.clone(),
-                a.hint
-                    .clone()
-                    .or_else(|| a.error.clone())
-                    .unwrap_or_default(),
+                detail,
             ]
         })
         .collect();
+    use Align::{Left as L, Right as R};
+    println!();
     print!(
         "{}",
-        table::render(
+        table::render_aligned(
             &[
                 "ATTEMPT",
                 "WHEN",
@@ -202,9 +288,25 @@ fn print_attempts(attempts: &[outbox_core::store::AttemptRow]) {
                 "OUTCOME",
                 "HINT / ERROR"
             ],
+            &[R, L, R, R, L, L, L],
             &rows
         )
     );
+    let replies: Vec<String> = attempts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.reply
+                .as_deref()
+                .map(|r| format!("  #{} (attempt {}): {r}", i + 1, a.attempt))
+        })
+        .collect();
+    if !replies.is_empty() {
+        println!("\nreplies:");
+        for r in replies {
+            println!("{r}");
+        }
+    }
 }
 
 pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
@@ -215,144 +317,348 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             reason,
             limit,
             json,
-        } => {
-            let since_ms = since.map(|d| now_ms() - clock::ms(d.into()));
-            let rows = store
-                .dead_list(sink.as_deref(), since_ms, reason.as_deref(), limit)
-                .await
-                .map_err(store_err)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("serialisable")
-                );
-                return Ok(());
-            }
-            if rows.is_empty() {
-                println!("no dead-lettered rows");
-                return Ok(());
-            }
-            let table_rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.id.to_string(),
-                        d.sink.clone(),
-                        d.idempotency_key.clone(),
-                        d.attempts.to_string(),
-                        ago(d.dead_at),
-                        outbox_core::outcome::truncate(&d.reason, 160),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table::render(
-                    &["ID", "SINK", "KEY", "ATTEMPTS", "DEAD", "REASON"],
-                    &table_rows
-                )
-            );
-            println!("\n`outboxd dead show ID` for details; `outboxd dead requeue ID` once the cause is fixed.");
-            Ok(())
-        }
-        DeadCommand::Show { id, json } => {
-            let d = store
-                .dead_get(id)
-                .await
-                .map_err(store_err)?
-                .ok_or_else(|| {
-                    format!("no dead-lettered row with id {id} (see `outboxd dead list`)")
-                })?;
-            let attempts = store.attempts(d.outbox_id).await.map_err(store_err)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"dead": d, "attempts": attempts}))
-                        .expect("serialisable")
-                );
-                return Ok(());
-            }
-            println!(
-                "dead row {} (outbox row {}), sink {}, {} {}",
-                d.id, d.outbox_id, d.sink, d.event_type, d.idempotency_key
-            );
-            println!(
-                "created {}, dead-lettered {} after {} attempt(s)",
-                ago(d.created_at),
-                ago(d.dead_at),
-                d.attempts
-            );
-            println!("reason: {}", d.reason);
-            if let Some(r) = &d.last_reply {
-                println!("last reply: {r}");
-            }
-            println!("payload: {}", d.payload);
-            print_attempts(&attempts);
-            Ok(())
-        }
+        } => dead_list(store, sink, since, reason, limit, json).await,
+        DeadCommand::Show { id, json } => dead_show(store, id, json).await,
         DeadCommand::Requeue {
             ids,
             sink,
             all,
             json,
-        } => {
-            let ids = match (ids.is_empty(), sink, all) {
-                (false, None, false) => ids,
-                (true, Some(s), true) => store.dead_ids(&s).await.map_err(store_err)?,
-                _ => return Err("give dead row ids, or --sink NAME --all".into()),
-            };
-            let now = now_ms();
-            let (mut ok, mut failed) = (Vec::new(), Vec::new());
-            for id in ids {
-                match store.requeue(id, now).await {
-                    Ok(()) => ok.push(id),
-                    Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
-                        failed.push((id, e.to_string()))
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            if json {
-                println!(
-                    "{}",
-                    json!({"requeued": ok, "failed": failed.iter().map(|(i, e)| json!({"id": i, "error": e})).collect::<Vec<_>>()})
-                );
-            } else {
-                println!("requeued {} row(s)", ok.len());
-                for (_, e) in &failed {
-                    println!("not requeued: {e}");
-                }
-            }
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} row(s) not requeued", failed.len()))
-            }
-        }
+        } => requeue(store, ids, sink, all, json).await,
         DeadCommand::Purge { older_than, json } => {
-            let n = store
-                .purge_dead(now_ms() - clock::ms(older_than.into()))
-                .await
-                .map_err(store_err)?;
+            let cutoff = now_ms() - clock::ms(older_than.into());
+            let n = store.purge_dead(cutoff).await.map_err(store_err)?;
             if json {
-                println!("{}", json!({"purged": n}));
+                print_json(&json!({"purged": n, "older_than": older_than.to_string()}));
             } else {
-                println!("purged {n} dead row(s) older than {older_than}");
+                println!(
+                    "purged {n} dead row(s) dead-lettered more than {older_than} ago, with their attempt history"
+                );
             }
             Ok(())
         }
     }
 }
 
-pub async fn pause(store: &Store, sink: &str, paused: bool, note: Option<&str>) -> CmdResult {
-    store
-        .set_paused(sink, paused, note)
+async fn dead_list(
+    store: &Store,
+    sink: Option<String>,
+    since: Option<humantime::Duration>,
+    reason: Option<String>,
+    limit: i64,
+    json: bool,
+) -> CmdResult {
+    if limit < 1 {
+        return Err("--limit must be at least 1".into());
+    }
+    let now = now_ms();
+    let since_ms = since.map(|d| now - clock::ms(d.into()));
+    let rows = store
+        .dead_list(sink.as_deref(), since_ms, reason.as_deref(), limit)
         .await
         .map_err(store_err)?;
-    if paused {
-        println!("sink {sink} paused: its rows are held (no attempts used) until `outboxd resume {sink}`");
+    if json {
+        print_json(&rows);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        let mut filters = Vec::new();
+        if let Some(s) = &sink {
+            filters.push(format!("sink {s}"));
+        }
+        if let Some(d) = &since {
+            filters.push(format!("dead-lettered within {d}"));
+        }
+        if let Some(r) = &reason {
+            filters.push(format!("reason containing {r:?}"));
+        }
+        if filters.is_empty() {
+            println!("no dead-lettered rows");
+        } else {
+            println!("no dead-lettered rows with {}", filters.join(", "));
+        }
+        return Ok(());
+    }
+    let p = Paint::stdout();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.to_string(),
+                d.sink.clone(),
+                d.idempotency_key.clone(),
+                d.event_type.clone(),
+                d.attempts.to_string(),
+                relative(d.dead_at, now),
+                p.red(&clip(&d.reason, TEXT_COLUMN)),
+            ]
+        })
+        .collect();
+    use Align::{Left as L, Right as R};
+    print!(
+        "{}",
+        table::render_aligned(
+            &["ID", "SINK", "KEY", "TYPE", "ATTEMPTS", "DEAD", "REASON"],
+            &[R, L, L, L, R, L, L],
+            &table_rows
+        )
+    );
+    if rows.len() as i64 == limit {
+        println!("\nshowing the first {limit}; `--limit N` shows more");
+    }
+    println!(
+        "\n`outboxd dead show ID` for the payload and every reply; `outboxd dead requeue ID` once the cause is fixed"
+    );
+    Ok(())
+}
+
+async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
+    let d = store.dead_get(id).await.map_err(store_err)?.ok_or_else(|| {
+        format!(
+            "no dead-lettered row with id {id}\n  `outboxd dead list` shows the ids; it may have been requeued or purged already"
+        )
+    })?;
+    let attempts = store.attempts(d.outbox_id).await.map_err(store_err)?;
+    if json {
+        print_json(&json!({"dead": d, "attempts": attempts}));
+        return Ok(());
+    }
+    let p = Paint::stdout();
+    let now = now_ms();
+    println!(
+        "{} {} / {} ({}), dead row {}, outbox row {}",
+        p.bold("dead"),
+        d.sink,
+        d.idempotency_key,
+        d.event_type,
+        d.id,
+        d.outbox_id
+    );
+    let mut fields = vec![
+        ("created", relative(d.created_at, now)),
+        (
+            "dead-lettered",
+            format!(
+                "{}, after {} attempt(s)",
+                relative(d.dead_at, now),
+                d.attempts
+            ),
+        ),
+        ("reason", p.red(&d.reason)),
+    ];
+    if let Some(k) = &d.ordering_key {
+        fields.push(("ordering key", k.clone()));
+    }
+    if let Some(r) = &d.last_reply {
+        fields.push(("last reply", r.clone()));
+    }
+    print!("{}", key_values(&fields));
+    println!("\npayload:");
+    let pretty = serde_json::from_str::<serde_json::Value>(&d.payload)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| d.payload.clone());
+    for line in pretty.lines() {
+        println!("  {line}");
+    }
+    print_attempts(&attempts, now, p);
+    println!(
+        "\nonce the cause is fixed: `outboxd dead requeue {}` (attempts start again, this history is kept)",
+        d.id
+    );
+    Ok(())
+}
+
+/// Why a requeue was refused, in words that say what to do.
+async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String> {
+    Ok(match e {
+        StoreError::NotFound(_) => format!(
+            "dead row {id}: not found (already requeued or purged? `outboxd dead list` shows the ids)"
+        ),
+        StoreError::Conflict(_) => {
+            let Some(d) = store.dead_get(id).await.map_err(store_err)? else {
+                return Ok(format!("dead row {id}: {e}"));
+            };
+            match store.row(&d.sink, &d.idempotency_key).await.map_err(store_err)? {
+                Some(r) => format!(
+                    "dead row {id} ({} / {}): not requeued, the outbox already has this key (row {}, {}, {} attempt(s)): the producer sent it again; requeueing would deliver it twice. Nothing to do: that row is {}",
+                    d.sink,
+                    d.idempotency_key,
+                    r.id,
+                    r.status,
+                    r.attempts,
+                    match r.status.as_str() {
+                        "delivered" | "done" => "final already",
+                        _ => "delivered by the daemon",
+                    }
+                ),
+                None => format!("dead row {id} ({} / {}): {e}", d.sink, d.idempotency_key),
+            }
+        }
+        e => return Err(store_err(e)),
+    })
+}
+
+async fn requeue(
+    store: &Store,
+    ids: Vec<i64>,
+    sink: Option<String>,
+    all: bool,
+    json: bool,
+) -> CmdResult {
+    let ids = match (ids.is_empty(), sink, all) {
+        (false, None, false) => ids,
+        (true, Some(s), true) => {
+            let ids = store.dead_ids(&s).await.map_err(store_err)?;
+            if ids.is_empty() && !json {
+                println!("sink {s} has no dead-lettered rows; nothing to requeue");
+            }
+            ids
+        }
+        (true, Some(s), false) => {
+            return Err(format!(
+                "--sink {s} needs --all to requeue every dead row of that sink (`outboxd dead list --sink {s}` shows them first)"
+            ))
+        }
+        (true, None, true) => return Err("--all needs --sink NAME".into()),
+        (true, None, false) => {
+            return Err(
+                "give the dead row ids to requeue (`outboxd dead requeue 3 4`), or `--sink NAME --all`; `outboxd dead list` shows the ids"
+                    .into(),
+            )
+        }
+        (false, _, _) => {
+            return Err("give either dead row ids or `--sink NAME --all`, not both".into())
+        }
+    };
+    let total = ids.len();
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for id in ids {
+        match store.requeue(id, now_ms()).await {
+            Ok(()) => ok.push(id),
+            Err(e) => failed.push((id, refusal(store, id, e).await?)),
+        }
+    }
+    if json {
+        print_json(&json!({
+            "requeued": ok,
+            "failed": failed.iter().map(|(i, e)| json!({"id": i, "error": e})).collect::<Vec<_>>(),
+        }));
     } else {
-        println!("sink {sink} resumed");
+        if !ok.is_empty() {
+            println!(
+                "requeued {} row(s) ({}): pending again with attempts reset, history kept; the daemon delivers them",
+                ok.len(),
+                ok.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            );
+        }
+        for (_, e) in &failed {
+            println!("{e}");
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {total} row(s) not requeued (see above)",
+            failed.len()
+        ))
+    }
+}
+
+pub async fn pause(store: &Store, sink: &SinkArg, paused: bool, note: Option<&str>) -> CmdResult {
+    let name = sink.name.as_str();
+    let was_paused = store
+        .paused_sinks()
+        .await
+        .map_err(store_err)?
+        .iter()
+        .any(|s| s == name);
+    // A typo would otherwise pause nothing and say it worked.
+    let known = store
+        .stats(now_ms())
+        .await
+        .map_err(store_err)?
+        .iter()
+        .any(|s| s.sink == name);
+    if !known {
+        eprintln!(
+            "note: no row for sink {name:?} has been seen yet; check the name against the config's [sinks.NAME] sections"
+        );
+    }
+    store
+        .set_paused(name, paused, note)
+        .await
+        .map_err(store_err)?;
+    if sink.json {
+        print_json(&json!({"sink": name, "paused": paused, "was_paused": was_paused}));
+        return Ok(());
+    }
+    match (paused, was_paused) {
+        (true, false) => println!(
+            "sink {name} paused: the running daemon stops claiming its rows within one poll interval (rows in flight finish); no attempts are used while paused. `outboxd resume {name}` to deliver again"
+        ),
+        (true, true) => println!("sink {name} was already paused; note updated"),
+        (false, true) => println!("sink {name} resumed: the daemon delivers its rows again within one poll interval"),
+        (false, false) => println!("sink {name} was not paused; nothing changed"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_lines_up_and_says_what_next() {
+        let stats = vec![
+            SinkStats {
+                sink: "pyun".into(),
+                pending: 12,
+                due_now: 3,
+                oldest_pending_ms: Some(185_000),
+                delivered: 1500,
+                delivered_last_hour: 40,
+                dead: 2,
+                hints: 1,
+                ..Default::default()
+            },
+            SinkStats {
+                sink: "epeis".into(),
+                paused: true,
+                pending: 1,
+                retrying: 1,
+                last_error: Some("HTTP 503".into()),
+                ..Default::default()
+            },
+        ];
+        let text = status_table(&stats, Paint::with(false));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("SINK   STATE   PENDING  DUE"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("pyun   active       12    3"),
+            "{text}"
+        );
+        assert!(lines[1].contains("3m 5s"), "{text}");
+        assert!(
+            lines[2].starts_with("epeis  paused        1    0"),
+            "{text}"
+        );
+        assert!(text.contains("epeis: last error: HTTP 503"));
+        assert!(text.contains("`outboxd resume epeis`"));
+        assert!(text.contains("`outboxd dead list --sink pyun`"));
+        assert!(!text.contains('\x1b'));
+        // Every data line is as wide as the header says.
+        let col = lines[0].find("DEAD").unwrap() + "DEAD".len();
+        assert_eq!(&lines[1][col - 1..col], "2", "{text}");
+    }
+
+    #[test]
+    fn key_values_line_up() {
+        let kv = key_values(&[("reason", "400".into()), ("last reply", "x".into())]);
+        assert_eq!(kv, "reason      400\nlast reply  x\n");
+    }
 }

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row};
+use sqlx::{Executor, Postgres, Row};
 
 use super::{
-    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState,
-    SinkStats, StoreError,
+    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats,
+    StoreError,
 };
 use crate::event::{ClaimedRow, NewEvent};
 
@@ -31,7 +31,7 @@ pub const NEW_ROWS_CHANNEL: &str = "outbox_new";
 /// The first key of the advisory locks a claim takes on ordering keys (the second is
 /// `hashtext(ordering_key)`), so they cannot collide with a producer's own advisory locks
 /// on single bigint keys, nor with sqlx's migration lock. "ob" + "ok".
-const ORDERING_LOCK_SPACE: i32 = 0x6f62_6f6b;
+pub const ORDERING_LOCK_SPACE: i32 = 0x6f62_6f6b;
 
 /// The pool never has fewer connections than this: a worker uses one for its loop (claims,
 /// housekeeping), one for its completer, and a spare for the status commands and for
@@ -73,9 +73,9 @@ where
 /// an earlier unfinished row, or any row in flight. The second half matters for a requeued
 /// row, which gets its old (smaller) id back while a later row of its key may be in flight,
 /// and for a row whose producer committed after a later row of the same key was claimed.
-const ORDERING_BLOCKED: &str = "EXISTS (SELECT 1 FROM outbox e \
-     WHERE e.ordering_key = o.ordering_key AND e.id <> o.id \
-       AND (e.status = 'in_flight' OR (e.status = 'pending' AND e.id < o.id)))";
+const ORDERING_BLOCKED: &str = "(EXISTS (SELECT 1 FROM outbox e \
+       WHERE e.ordering_key = o.ordering_key AND e.id < o.id AND e.status IN ('pending', 'in_flight')) \
+     OR EXISTS (SELECT 1 FROM outbox f WHERE f.ordering_key = o.ordering_key AND f.status = 'in_flight'))";
 
 /// The claim's candidate scan (`$1` sink, `$2` now, `$3` limit): due rows by due time,
 /// through the partial index `outbox_due`, skipping rows other transactions have locked.
@@ -167,6 +167,13 @@ impl PgStore {
             // A ping before each use: after a Postgres restart every pooled connection is
             // dead, and this drops them instead of failing the next few calls.
             .test_before_acquire(true)
+            // JIT compiles a query when its estimated cost crosses `jit_above_cost`, which
+            // the churning statistics of a queue table make happen at random: measured
+            // here, the status query took 50-700 ms instead of 5. Every query of outboxd is
+            // short; none is worth compiling.
+            .after_connect(|conn, _| {
+                Box::pin(async move { conn.execute("SET jit = off").await.map(|_| ()) })
+            })
             .connect_with(options)
             .await?;
         Ok(PgStore { pool })
@@ -205,11 +212,11 @@ impl PgStore {
         if !exists {
             return Ok(Vec::new());
         }
-        Ok(
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn schema_state(&self) -> Result<SchemaState> {
@@ -224,27 +231,24 @@ impl PgStore {
         enqueue_in(&self.pool, ev).await
     }
 
-    /// Claims up to `limit` due rows of `sink`.
+    /// Claims up to `limit` due rows of `sink`, in one transaction: the candidate scan
+    /// (`SELECT ... FOR UPDATE SKIP LOCKED`: workers never get the same row and never wait
+    /// on each other), then an `UPDATE` of the candidates.
     ///
-    /// Rows without an ordering key: `SELECT ... FOR UPDATE SKIP LOCKED`, then an `UPDATE`
-    /// of the rows found; two workers never get the same row, and never wait on each other.
-    ///
-    /// Rows with an ordering key must never be in flight two at a time, also across workers.
-    /// Each statement under READ COMMITTED sees a snapshot, and the candidate scan's check
-    /// ("no earlier unfinished row, no row in flight") holds whenever the earlier rows were
-    /// visible to it: a row it sees pending blocks the later ones, a row another worker is
-    /// claiming is locked (skipped) and still pending in the snapshot, and a finished row
-    /// never comes back. Two cases slip through a single statement, because the rows that
-    /// matter are not in its snapshot: a producer whose transaction got a smaller id but
-    /// committed after a later row of the key was claimed, and a requeued row (old id) while
-    /// a later row of its key is in flight; two workers claiming at once could then each
-    /// take one row of the key, each unable to see the other's uncommitted claim. So a claim
-    /// that found keyed candidates also takes a transaction-scoped advisory lock per key
-    /// (`pg_try_advisory_xact_lock`, never waiting: a key another claim holds is simply
-    /// skipped this round) and re-checks those rows in the `UPDATE`, whose snapshot is taken
-    /// after the locks are held. Claims of one key are thereby serialised, and each sees
-    /// every earlier claim of its key as committed. The lock is per key, not per claim:
-    /// workers contend on it only in those rare cases.
+    /// Ordering keys: a key never has two rows in flight, across all workers. The scan skips
+    /// a keyed row if an earlier row of its key is unfinished or any row of its key is in
+    /// flight, as of the scan's snapshot. That suffices while ids follow commit order: a row
+    /// another worker is claiming right now is still pending in the snapshot and blocks the
+    /// rows after it, and a finished row never comes back. It does not when the row that
+    /// matters is missing from the snapshot: a producer transaction that got a smaller id
+    /// but committed after a later row of the key, or a requeued row (old id) while a later
+    /// row of its key is in flight, claimed by two workers at once, each blind to the
+    /// other's uncommitted claim. So for keyed candidates the claim also takes a
+    /// transaction-scoped advisory lock per key (`pg_try_advisory_xact_lock`: a key another
+    /// claim holds is skipped this round, never waited for), and the `UPDATE` checks them
+    /// again with a snapshot taken after the locks are held: claims of one key are
+    /// serialised, and each sees the earlier ones committed. Workers meet on these locks
+    /// only when they claim rows of the same key at the same moment.
     pub async fn claim(
         &self,
         sink: &str,
@@ -264,7 +268,10 @@ impl PgStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let mut keys: Vec<&str> = candidates.iter().filter_map(|(_, k)| k.as_deref()).collect();
+        let mut keys: Vec<&str> = candidates
+            .iter()
+            .filter_map(|(_, k)| k.as_deref())
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         let locked: Vec<String> = if keys.is_empty() {
@@ -370,7 +377,11 @@ impl PgStore {
                     b.retry.1.push(*next_at);
                     b.retry.2.push(error.clone());
                 }
-                Action::Continue { state, next_at, note } => {
+                Action::Continue {
+                    state,
+                    next_at,
+                    note,
+                } => {
                     b.cont.0.push(c.id);
                     b.cont.1.push(state.clone());
                     b.cont.2.push(*next_at);
@@ -526,11 +537,11 @@ impl PgStore {
     }
 
     pub async fn paused_sinks(&self) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused ORDER BY sink COLLATE \"C\"")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT sink FROM outbox_sinks WHERE paused ORDER BY sink COLLATE \"C\"",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
@@ -548,33 +559,47 @@ impl PgStore {
     }
 
     pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
-        // One pass over `outbox` (grouped, with filters) instead of a subquery per figure.
+        // Unfinished rows through their partial indexes (`outbox_due`, `outbox_leased`; one
+        // arm each, since `status IN (..)` would prove neither index's predicate), the last
+        // hour's deliveries through `outbox_finished`, and one sequential pass for the
+        // totals over every kept final row, which no index narrows.
         let rows = sqlx::query(
-            "WITH o AS ( \
+            "WITH open AS ( \
+                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                FROM outbox WHERE status = 'pending' \
+                UNION ALL \
+                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                FROM outbox WHERE status = 'in_flight'), \
+             o AS ( \
                 SELECT sink, \
                   count(*) FILTER (WHERE status = 'pending') AS pending, \
                   count(*) FILTER (WHERE status = 'in_flight') AS in_flight, \
                   count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= $1) AS due_now, \
-                  min(created_at) FILTER (WHERE status IN ('pending', 'in_flight')) AS oldest, \
-                  count(*) FILTER (WHERE status = 'delivered') AS delivered, \
-                  count(*) FILTER (WHERE status = 'delivered' AND finished_at >= $1 - 3600000) AS delivered_hour, \
-                  count(*) FILTER (WHERE status = 'done') AS done, \
                   count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retrying, \
-                  count(*) FILTER (WHERE hint IS NOT NULL) AS hints \
-                FROM outbox GROUP BY sink), \
+                  min(created_at) AS oldest, \
+                  (array_agg(last_error ORDER BY last_attempt_at DESC NULLS LAST) \
+                     FILTER (WHERE last_error IS NOT NULL))[1] AS last_error \
+                FROM open GROUP BY sink), \
+             r AS ( \
+                SELECT sink, count(*) AS delivered_hour FROM outbox \
+                WHERE status IN ('delivered', 'done') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
+                GROUP BY sink), \
+             f AS ( \
+                SELECT sink, count(*) FILTER (WHERE status = 'delivered') AS delivered, \
+                  count(*) FILTER (WHERE status = 'done') AS done, count(hint) AS hints \
+                FROM outbox WHERE status IN ('delivered', 'done') GROUP BY sink), \
              d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
-             sinks AS (SELECT sink FROM o UNION SELECT sink FROM d UNION SELECT sink FROM outbox_sinks) \
+             sinks AS (SELECT sink FROM o UNION SELECT sink FROM f UNION SELECT sink FROM d \
+                       UNION SELECT sink FROM outbox_sinks) \
              SELECT s.sink, \
                coalesce(o.pending, 0) AS pending, coalesce(o.in_flight, 0) AS in_flight, \
                coalesce(o.due_now, 0) AS due_now, o.oldest, \
-               coalesce(o.delivered, 0) AS delivered, coalesce(o.delivered_hour, 0) AS delivered_hour, \
-               coalesce(o.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
-               coalesce(d.dead, 0) AS dead, coalesce(o.hints, 0) AS hints, \
-               coalesce(p.paused, false) AS paused, \
-               (SELECT x.last_error FROM outbox x \
-                 WHERE x.sink = s.sink AND x.last_error IS NOT NULL AND x.status IN ('pending', 'in_flight') \
-                 ORDER BY x.last_attempt_at DESC NULLS LAST LIMIT 1) AS last_error \
-             FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN d ON d.sink = s.sink \
+               coalesce(f.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
+               coalesce(f.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
+               coalesce(d.dead, 0) AS dead, coalesce(f.hints, 0) AS hints, \
+               coalesce(p.paused, false) AS paused, o.last_error \
+             FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN r ON r.sink = s.sink \
+                  LEFT JOIN f ON f.sink = s.sink LEFT JOIN d ON d.sink = s.sink \
                   LEFT JOIN outbox_sinks p ON p.sink = s.sink \
              ORDER BY s.sink COLLATE \"C\"",
         )

@@ -33,7 +33,13 @@ pub struct Wake {
 
 impl Wake {
     pub fn new(store: Store, wake_interval: Duration) -> Self {
-        let mut w = Wake { store, last: None, wake_interval, notified: Arc::new(Notify::new()), listener: None };
+        let mut w = Wake {
+            store,
+            last: None,
+            wake_interval,
+            notified: Arc::new(Notify::new()),
+            listener: None,
+        };
         w.last = w.signature();
         w
     }
