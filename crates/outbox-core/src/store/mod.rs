@@ -374,7 +374,11 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.cycle(owner, batch, claims, now, lease_until).await,
             Store::Postgres(_) => {
-                let lost = if batch.is_empty() { 0 } else { self.complete(owner, batch, now).await? };
+                let lost = if batch.is_empty() {
+                    0
+                } else {
+                    self.complete(owner, batch, now).await?
+                };
                 let mut claimed = Vec::with_capacity(claims.len());
                 for (sink, limit) in claims {
                     match self.claim(sink, owner, *limit, now, lease_until).await {
