@@ -207,6 +207,8 @@ store_tests!(
     ordering_key_one_in_flight_in_insertion_order,
     unknown_sinks_are_dead_lettered,
     requeue_keeps_history_and_refuses_a_duplicate_key,
+    requeued_row_waits_for_the_in_flight_row_of_its_key,
+    requeue_resumes_a_flow_from_its_last_state,
     purge_dead_and_prune_finished,
     paused_sinks,
     schema_state_empty_then_current(unmigrated),
@@ -1471,11 +1473,6 @@ async fn claim_scan_uses_the_partial_due_index(db: &Db) {
 
 /// A requeued row gets its old id back; if a later row of its key is in flight by then, it
 /// waits for it instead of joining it.
-#[tokio::test]
-async fn postgres_requeued_row_waits_for_the_in_flight_row_of_its_key() {
-    on_postgres(|db| Box::pin(requeued_row_waits_for_the_in_flight_row_of_its_key(db))).await;
-}
-
 async fn requeued_row_waits_for_the_in_flight_row_of_its_key(db: &Db) {
     let s = &db.store;
     enqueue_all(
@@ -1745,4 +1742,50 @@ async fn postgres_store_recovers_after_a_restart() {
         }
     }
     db.finish().await;
+}
+
+/// A multi-step flow that died mid-way (e.g. lbbtech while verifying) resumes from its
+/// state when requeued: it must not start the charge again.
+async fn requeue_resumes_a_flow_from_its_last_state(db: &Db) {
+    let s = &db.store;
+    enqueue_all(s, &[keyed("lbb", "start-1", "charger-1")]).await;
+    let now = now_ms();
+    let rows = claim(s, "lbb", "w", 10, now).await;
+    let state = r#"{"step":"verify","order_num":"2019"}"#;
+    complete(
+        s,
+        "w",
+        vec![completion(
+            &rows[0],
+            Action::Continue {
+                state: state.into(),
+                next_at: now,
+                note: "verify later".into(),
+            },
+        )],
+        now,
+    )
+    .await;
+    let rows = claim(s, "lbb", "w", 10, now).await;
+    assert_eq!(rows[0].flow_state.as_deref(), Some(state));
+    complete(
+        s,
+        "w",
+        vec![completion(
+            &rows[0],
+            dead("outcome unknown: verify failed 10 times"),
+        )],
+        now,
+    )
+    .await;
+    s.requeue(s.dead_ids("lbb").await.unwrap()[0], now)
+        .await
+        .unwrap();
+    let again = claim(s, "lbb", "w", 10, now).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].flow_state.as_deref(),
+        Some(state),
+        "the flow state came back with the row"
+    );
 }

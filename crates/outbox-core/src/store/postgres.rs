@@ -728,11 +728,13 @@ impl PgStore {
         };
         let d = dead_row(&d)?;
         // Same id as before, so the attempt history stays attached and ordering keys keep
-        // the row's original place.
+        // the row's original place; a multi-step flow resumes from its last state (an
+        // lbbtech row that died while verifying verifies again, it does not start again).
         let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, \
-                                 next_attempt_at, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'requeued by an operator') ON CONFLICT DO NOTHING",
+                                 next_attempt_at, last_error, flow_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'requeued by an operator', \
+                     (SELECT flow_state FROM outbox_dead WHERE id = $8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
         .bind(&d.sink)
@@ -741,6 +743,7 @@ impl PgStore {
         .bind(&d.payload)
         .bind(&d.ordering_key)
         .bind(now)
+        .bind(dead_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();

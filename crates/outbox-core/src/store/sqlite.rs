@@ -224,8 +224,8 @@ async fn claim_in(
                 WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?3 \
                   AND (o.ordering_key IS NULL OR NOT EXISTS ( \
                         SELECT 1 FROM outbox e \
-                        WHERE e.ordering_key = o.ordering_key AND e.id < o.id \
-                          AND e.status IN ('pending', 'in_flight'))) \
+                        WHERE e.ordering_key = o.ordering_key AND e.id <> o.id \
+                          AND ((e.id < o.id AND e.status = 'pending') OR e.status = 'in_flight'))) \
                 ORDER BY o.next_attempt_at, o.id LIMIT ?5) \
              RETURNING {CLAIMED_COLUMNS}"
     );
@@ -648,11 +648,13 @@ impl SqliteStore {
         };
         let d = dead_row(&d)?;
         // Same id as before, so the attempt history stays attached and ordering keys keep
-        // the row's original place.
+        // the row's original place; a multi-step flow resumes from its last state (an
+        // lbbtech row that died while verifying verifies again, it does not start again).
         let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, next_attempt_at, \
-                                 last_error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'requeued by an operator') ON CONFLICT DO NOTHING",
+                                 last_error, flow_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'requeued by an operator', \
+                     (SELECT flow_state FROM outbox_dead WHERE id = ?8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
         .bind(&d.sink)
@@ -661,6 +663,7 @@ impl SqliteStore {
         .bind(&d.payload)
         .bind(&d.ordering_key)
         .bind(now)
+        .bind(dead_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
