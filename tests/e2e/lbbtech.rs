@@ -645,7 +645,7 @@ async fn restart_mid_polling_resumes_without_a_second_start() {
     );
     enqueue(&env, &store, sim, "two_wheeler").await;
 
-    let mut daemon = env.spawn_daemon();
+    let mut daemon = env.spawn_daemon_logged().0;
     // The start and two polls.
     assert!(env.sim.wait_for_requests(3, RUN).await, "no progress");
     daemon.start_kill().unwrap(); // SIGKILL
@@ -693,7 +693,7 @@ async fn restart_during_the_verify_wait_resumes_at_the_verify_time() {
     );
     enqueue(&env, &store, sim, "car").await;
 
-    let mut daemon = env.spawn_daemon();
+    let mut daemon = env.spawn_daemon_logged().0;
     let state = wait_for_state(&env, sim, |s| s["step"] == "verify").await;
     // Waiting for the lookup: pending, no lease, and the producer sees "pending".
     let o = outcome(&env, sim).await;
@@ -744,7 +744,7 @@ async fn restart_mid_start_is_unknown_never_resent() {
         },
     );
     enqueue(&env, &store, sim, "car").await;
-    let mut daemon = env.spawn_daemon();
+    let mut daemon = env.spawn_daemon_logged().0;
     assert!(env.sim.wait_for_requests(1, RUN).await, "no start");
     daemon.start_kill().unwrap(); // SIGKILL
     daemon.wait().await.unwrap();

@@ -5,5 +5,6 @@ mod cli;
 mod epeis;
 mod lbbtech;
 mod ops;
+mod postgres;
 mod pyun;
 mod service;

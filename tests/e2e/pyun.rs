@@ -280,7 +280,7 @@ async fn kill_9_mid_drain_loses_nothing() {
         )
         .await;
     }
-    let mut daemon = env.spawn_daemon();
+    let mut daemon = env.spawn_daemon_logged().0;
     assert!(
         env.sim
             .wait_for_requests(n / 3, Duration::from_secs(30))
@@ -415,7 +415,7 @@ async fn ordering_key_rows_are_delivered_one_at_a_time_in_order() {
 async fn a_python_producer_on_sqlite_3_40_writes_while_the_daemon_drains() {
     let env = Env::sqlite().await;
     let db = env.path().join("outbox.db");
-    let mut daemon = env.spawn_daemon();
+    let mut daemon = env.spawn_daemon_logged().0;
     // Python's sqlite3 module is the producer: its SQLite (3.40 on Debian 12) evaluates the
     // column defaults; only the producer columns are inserted, each in its own transaction
     // together with a business row, as the README tells producers to do.

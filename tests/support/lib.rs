@@ -78,6 +78,25 @@ impl Env {
         Some(Env::with_url(tempfile::tempdir().expect("temp dir"), url).await)
     }
 
+    /// A fresh database on the cluster at `base` (a URL ending in a database name).
+    pub async fn postgres_on(base: &str) -> Env {
+        let name = format!("e2e_{}_{}", std::process::id(), rand_suffix());
+        let admin = sqlx::PgPool::connect(base)
+            .await
+            .expect("connecting to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("creating a test database");
+        admin.close().await;
+        let i = base.rfind('/').expect("a database part in the URL");
+        Env::with_url(
+            tempfile::tempdir().expect("temp dir"),
+            format!("{}/{name}", &base[..i]),
+        )
+        .await
+    }
+
     async fn with_url(dir: tempfile::TempDir, db_url: String) -> Env {
         let out = Command::new(bin("outbox-migrate"))
             .arg("--database-url")
@@ -178,7 +197,8 @@ concurrency = 16
         out
     }
 
-    /// Starts the daemon in the background.
+    /// Starts the daemon in the background with piped output: the caller must read it (or
+    /// use [`Env::spawn_daemon_logged`]), or a chatty daemon blocks on the full pipe.
     pub fn spawn_daemon(&self) -> tokio::process::Child {
         let mut cmd = tokio::process::Command::from(self.outboxd());
         cmd.arg("run")
@@ -186,6 +206,21 @@ concurrency = 16
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         cmd.spawn().expect("starting outboxd")
+    }
+
+    /// Starts the daemon in the background with its output going to a file in the env's
+    /// directory (returned), so a chatty daemon can never block on a full pipe.
+    pub fn spawn_daemon_logged(&self) -> (tokio::process::Child, PathBuf) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.path().join(format!("outboxd-{n}.log"));
+        let file = std::fs::File::create(&log).expect("creating the daemon log");
+        let mut cmd = tokio::process::Command::from(self.outboxd());
+        cmd.arg("run")
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .kill_on_drop(true);
+        (cmd.spawn().expect("starting outboxd"), log)
     }
 
     pub async fn store(&self) -> Store {
@@ -265,4 +300,78 @@ pub fn sqlite_files_contain(dir: &Path, needle: &str) -> bool {
             .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
             .unwrap_or(false)
     })
+}
+
+/// Whether Postgres tests should run here: yes with `OUTBOX_TEST_PG_URL`, a failure in CI
+/// without it, a skip (with a note) elsewhere.
+pub fn postgres_available() -> bool {
+    if std::env::var_os("OUTBOX_TEST_PG_URL").is_some() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("OUTBOX_TEST_PG_URL is not set: in CI the Postgres tests must run (scripts/test.sh starts a cluster)");
+    }
+    eprintln!("skipping: OUTBOX_TEST_PG_URL is not set (scripts/test.sh starts a cluster)");
+    false
+}
+
+/// A Postgres cluster of the test's own (for tests that restart it), started with
+/// scripts/pg-cluster.sh and stopped on drop.
+pub struct PgCluster {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "outboxd-e2e-pg-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let out = Command::new("bash")
+            .arg(script("pg-cluster.sh"))
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("running pg-cluster.sh");
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        PgCluster { dir, url }
+    }
+
+    /// Fast restart: every connection is cut, the server is back a moment later.
+    pub fn restart(&self) {
+        let out = Command::new("bash")
+            .arg(script("pg-cluster.sh"))
+            .arg("restart")
+            .arg(&self.dir)
+            .output()
+            .expect("running pg-cluster.sh");
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script("pg-cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
