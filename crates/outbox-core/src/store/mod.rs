@@ -360,8 +360,8 @@ impl Store {
         }
     }
 
-    /// Records `batch` and claims rows for `claims` (sink, limit), in one transaction where
-    /// the backend allows it (SQLite: one fsync per worker cycle instead of two). Returns
+    /// Records `batch` and claims rows for `claims` (sink, limit), in one transaction (one
+    /// commit, one fsync, per worker round). Returns
     /// the lost-lease count and the claimed rows per entry of `claims`.
     pub async fn cycle(
         &self,
@@ -373,26 +373,7 @@ impl Store {
     ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
         match self {
             Store::Sqlite(s) => s.cycle(owner, batch, claims, now, lease_until).await,
-            Store::Postgres(_) => {
-                let lost = if batch.is_empty() {
-                    0
-                } else {
-                    self.complete(owner, batch, now).await?
-                };
-                let mut claimed = Vec::with_capacity(claims.len());
-                for (sink, limit) in claims {
-                    match self.claim(sink, owner, *limit, now, lease_until).await {
-                        Ok(rows) => claimed.push(rows),
-                        // The verdicts are committed: report them, claim next time.
-                        Err(e) if !batch.is_empty() => {
-                            tracing::warn!(error = %e, sink = %sink, "claim failed after recording verdicts");
-                            claimed.push(Vec::new());
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok((lost, claimed))
-            }
+            Store::Postgres(s) => s.cycle(owner, batch, claims, now, lease_until).await,
         }
     }
 

@@ -258,6 +258,43 @@ impl PgStore {
         lease_until: i64,
     ) -> Result<Vec<ClaimedRow>> {
         let mut tx = self.pool.begin().await?;
+        let rows = Self::claim_in(&mut tx, sink, owner, limit, now, lease_until).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// One transaction for a whole worker round: the verdicts of finished deliveries, then
+    /// new claims for the sinks with free slots (one commit instead of one per step).
+    pub async fn cycle(
+        &self,
+        owner: &str,
+        batch: &[Completion],
+        claims: &[(String, u32)],
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
+        let mut tx = self.pool.begin().await?;
+        let lost = if batch.is_empty() {
+            0
+        } else {
+            Self::complete_in(&mut tx, owner, batch, now).await?
+        };
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (sink, limit) in claims {
+            claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
+        }
+        tx.commit().await?;
+        Ok((lost, claimed))
+    }
+
+    async fn claim_in(
+        tx: &mut sqlx::PgConnection,
+        sink: &str,
+        owner: &str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedRow>> {
         let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(&candidates_sql())
             .bind(sink)
             .bind(now)
@@ -265,7 +302,6 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
         if candidates.is_empty() {
-            tx.commit().await?;
             return Ok(Vec::new());
         }
         let mut keys: Vec<&str> = candidates
@@ -302,7 +338,6 @@ impl PgStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         let mut claimed_rows = rows
             .iter()
             .map(claimed)
@@ -358,6 +393,18 @@ impl PgStore {
     }
 
     pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let lost = Self::complete_in(&mut tx, owner, batch, now).await?;
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn complete_in(
+        tx: &mut sqlx::PgConnection,
+        owner: &str,
+        batch: &[Completion],
+        now: i64,
+    ) -> Result<u64> {
         let mut b = Batch::default();
         let mut h = History::default();
         for c in batch {
@@ -416,7 +463,6 @@ impl PgStore {
         // reclaimed (lease expired) and are someone else's now.
         const OWNED: &str = "o.id = u.id AND o.status = 'in_flight' AND o.lease_owner = $1";
         let mut applied = 0;
-        let mut tx = self.pool.begin().await?;
         if !b.delivered.0.is_empty() {
             applied += sqlx::query(&format!(
                 "UPDATE outbox o SET status = 'delivered', hint = u.hint, result = u.result, finished_at = $2, \
@@ -532,7 +578,6 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
         Ok((batch.len() as u64).saturating_sub(applied))
     }
 
