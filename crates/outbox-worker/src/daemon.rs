@@ -91,16 +91,13 @@ pub async fn run(
             }
         }));
     }
+    // Handlers first, then READY: systemd may send SIGTERM the moment it sees READY.
+    let shutdown = Shutdown::new(signals::shutdown_signal());
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("delivering")]);
 
-    let summary = worker::run(
-        &config,
-        store.clone(),
-        Shutdown::new(signals::shutdown_signal()),
-        run_opts,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let summary = worker::run(&config, store.clone(), shutdown, run_opts)
+        .await
+        .map_err(|e| e.to_string())?;
     store.close().await;
     if until_idle {
         println!(

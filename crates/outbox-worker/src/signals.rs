@@ -10,24 +10,27 @@ use tokio::sync::mpsc;
 
 use crate::logging::LogLevel;
 
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives before the worker
+/// first waits on it is not lost to the default action) and returns the future that
+/// resolves on the first one.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    tokio::spawn(async move {
+    async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::warn!(
-            "second signal: exiting now; unfinished rows will be retried after their lease expires"
-        );
-        std::process::exit(130);
-    });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting now; unfinished rows will be retried after their lease expires");
+            std::process::exit(130);
+        });
+    }
 }
 
 /// On each SIGHUP, re-reads and validates the config file; a valid one is sent to the worker
