@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 DEMO=.demo
 echo "==> building outboxd, outbox-migrate and platform-sim (first build takes a few minutes)"
-cargo build --workspace --bins --quiet
+cargo build --quiet -p outbox-worker -p outbox-migrate -p platform-sim
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -26,6 +26,17 @@ cat > "$DEMO/sim-script.json" <<'JSON'
     "CE-RETRY-2": ["drop_before", "ok"],
     "CE-HINT":    [{"code": "200", "hint": "签名验证不通过"}],
     "CE-REJECT":  [{"code": "400", "hint": "`vin` 车牌格式错误~"}]
+  },
+  "epeis": {
+    "SA00000000000002": [{"http": 503}, "ok"],
+    "SA00000000000003": [{"code": 2001, "message": "结算户不存在"}],
+    "SA00000000000004": ["drop_after"]
+  },
+  "lbbtech": {
+    "865933034812501": {"result_after_polls": 2},
+    "865933034812502": {"result_after_polls": 1},
+    "865933034812503": {"result": 3},
+    "865933034812504": {"never_result": true, "order": 2}
   }
 }
 JSON
@@ -41,9 +52,11 @@ SIM_URL=$(sed -n 's/^listening on //p' "$DEMO/sim.out")
 [ -n "$SIM_URL" ] || { echo "the simulator did not start:"; cat "$DEMO/sim.log"; exit 1; }
 echo "    simulator at $SIM_URL"
 
-# The demo's secret lives in a file, as it would under systemd's LoadCredential=.
+# The demo's secrets live in files, as they would under systemd's LoadCredential=.
 printf '%s' "6409292d66625a2a0912acfc61ed956c" > "$DEMO/pyun.secret"
-chmod 600 "$DEMO/pyun.secret"
+printf '%s' "DK00000000000000000000000000000000000000000000000000000000000001" > "$DEMO/epeis.key"
+printf '%s' "demo-token" > "$DEMO/lbbtech.token"
+chmod 600 "$DEMO"/*.secret "$DEMO"/*.key "$DEMO"/*.token
 cat > "$DEMO/outboxd.toml" <<TOML
 database_url = "sqlite://$PWD/$DEMO/outbox.db"
 
@@ -63,6 +76,23 @@ type = "pyun"
 url = "$SIM_URL/gate/1.0/energy/internal/replenish"
 app_id = "op00961963581daa7"
 secret_file = "$PWD/$DEMO/pyun.secret"
+
+[sinks.epeis]
+type = "epeis"
+url = "$SIM_URL/Service/v1/RepairDosageBack/"
+channel_did = "CH00000000000001"
+register_did = "RG00000000000001"
+account_did = "AC00000000000001"
+secret_file = "$PWD/$DEMO/epeis.key"
+
+# Polling and the car-charger verification are shortened from 3s / 30s / 5m for the demo.
+[sinks.lbb]
+type = "lbbtech"
+url = "$SIM_URL/open"
+secret_file = "$PWD/$DEMO/lbbtech.token"
+poll_interval = "200ms"
+poll_window = "2s"
+verify_after = "2s"
 TOML
 export OUTBOXD_CONFIG="$DEMO/outboxd.toml"
 
@@ -90,6 +120,25 @@ charge_end CE-REJECT 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun ch
 charge_end CE-INVALID 2026-11-24T09:00:00Z 2026-11-24T08:00:00Z | enqueue pyun charge_end CE-INVALID
 # A producer bug: a sink that is not configured.
 charge_end CE-NOSINK 2026-11-24T08:00:00Z 2026-11-24T09:00:00Z | enqueue pyun-backup charge_end CE-NOSINK
+# Usage adjustments for epeis (no idempotency key on their side: a reply that never came is
+# parked as "outcome unknown" rather than sent twice).
+dosage() { # settlement
+  cat <<JSON
+{"COM_METERAGE": {"SETTLEMENT_AID": "$1", "NORMAL_RETRO_TYPE": "2"},
+ "COM_METER_INFO_TMP": [{"DEVICE_DID": "DV00000000000001", "NORMAL_RETRO_TYPE": "2",
+                         "ENERGY_FLOW_TYPE": "1", "READINGS_TYPE": "3", "ADDED_CONS": 12.5}]}
+JSON
+}
+for n in 1 2 3 4; do dosage "SA0000000000000$n" | enqueue epeis dosage "DS-$n"; done
+# Charge starts for lbbtech: start, poll the result, and for a car charger that never
+# confirms, verify the order later. Each one ends started, failed (refund) or unknown.
+charge_start() { # simId charger
+  echo "{\"simId\": \"$1\", \"portNum\": 5, \"param\": 1, \"payMoney\": 20.5, \"selectPriceType\": 1, \"infoPriceId\": 42, \"chargeBefore\": 0, \"isAdvanceReceive\": 0, \"charger\": \"$2\"}"
+}
+charge_start 865933034812501 car | enqueue lbb charge_start CS-1
+charge_start 865933034812502 two_wheeler | enqueue lbb charge_start CS-2
+charge_start 865933034812503 two_wheeler | enqueue lbb charge_start CS-3
+charge_start 865933034812504 car | enqueue lbb charge_start CS-4
 "$BIN/outboxd" status
 
 echo "==> running outboxd until every row is final"
@@ -104,6 +153,16 @@ echo "==> dead-lettered rows (an operator fixes the cause, then: outboxd dead re
 echo
 echo "==> the success that carried a hint (delivered, never retried, kept for operators)"
 "$BIN/outboxd" show --sink pyun --key CE-HINT
+echo
+echo "==> charge starts as the station software reads them (one query on the outbox_outcomes view)"
+python3 - "$DEMO/outbox.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+query = "SELECT idempotency_key, outcome, result FROM outbox_outcomes WHERE sink = ? ORDER BY idempotency_key"
+print("    " + query)
+for key, outcome, result in db.execute(query, ("lbb",)):
+    print(f"    {key}: {outcome:8} {result}")
+PY
 echo
 echo "==> what the simulated platforms saw"
 curl -s "$SIM_URL/_sim/stats" 2>/dev/null | python3 -m json.tool 2>/dev/null || true

@@ -147,7 +147,8 @@ impl Default for PyunCodes {
 pub struct SinkConfig {
     #[serde(rename = "type")]
     pub kind: SinkType,
-    /// The platform endpoint (for lbbtech, the base URL that `/open/...` paths hang off).
+    /// The platform endpoint; for lbbtech the API base including `/open`
+    /// (e.g. `https://center.lbbtech.com/open`), which the start, poll and verify paths hang off.
     pub url: String,
     /// Deliveries to this sink in flight at once.
     #[serde(default = "default_concurrency")]
