@@ -33,8 +33,8 @@ pub const NEW_ROWS_CHANNEL: &str = "outbox_new";
 /// on single bigint keys, nor with sqlx's migration lock. "ob" + "ok".
 pub const ORDERING_LOCK_SPACE: i32 = 0x6f62_6f6b;
 
-/// The pool never has fewer connections than this: a worker uses one for its loop (claims,
-/// housekeeping), one for its completer, and a spare for the status commands and for
+/// The pool may always grow to this: a worker uses one for its loop (verdicts, claims,
+/// housekeeping), one for the retention pruner, and spares for `/metrics`, `/healthz` and
 /// overlap; the `LISTEN` connection has a pool of its own. The default of
 /// `OpenOptions::max_connections` (1) is sized for SQLite's single writer.
 const MIN_CONNECTIONS: u32 = 4;
