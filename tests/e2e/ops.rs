@@ -497,7 +497,7 @@ async fn requeue_never_duplicates_a_key_already_in_the_outbox(env: Env) {
     assert!(!out.status.success());
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
-        text.contains("already has this key") && text.contains("pending"),
+        text.contains("sent this key again") && text.contains("pending"),
         "{text}"
     );
     let out = cli(&env, &["dead", "requeue", &id1.to_string(), "--json"]).await;
@@ -578,9 +578,21 @@ async fn purge_deletes_old_dead_rows_and_their_history(env: Env) {
     let new_id = dead_id(&store, "PG-NEW").await;
     let new = store.dead_get(new_id).await.unwrap().unwrap();
     assert_eq!(store.attempts(old.outbox_id).await.unwrap().len(), 1);
+    // A backlog from a long outage, purged in several batches.
+    sql(
+        &store,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+             INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, \
+                                      created_at, attempts, reason, dead_at) \
+             SELECT 1000000 + i, 'pyun', 'charge_end', 'BULK-' || i, '{{}}', 0, 15, \
+                    'gave up after 15 attempts', {forty_days_ago} FROM n"
+        ),
+    )
+    .await;
 
     let out = ok_json(&env, &["dead", "purge", "--older-than", "30d", "--json"]).await;
-    assert_eq!(out["purged"], 2, "{out}");
+    assert_eq!(out["purged"], 2502, "{out}");
     let left: Vec<String> = store
         .dead_list(None, None, None, 10)
         .await
@@ -994,9 +1006,7 @@ impl Outage {
                 assert_eq!(line.trim(), "locked");
                 *holder = Some(child);
             }
-            Outage::PostgresDown(c) => {
-                c.run("down");
-            }
+            Outage::PostgresDown(c) => c.run("down"),
         }
     }
 
@@ -1006,9 +1016,7 @@ impl Outage {
                 let mut child = holder.take().expect("begun");
                 child.kill().await.unwrap();
             }
-            Outage::PostgresDown(c) => {
-                c.run("start");
-            }
+            Outage::PostgresDown(c) => c.run("start"),
         }
     }
 }
@@ -1020,46 +1028,59 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Its port is picked below the kernel's ephemeral range (32768 and up on Linux):
+    /// pg-cluster.sh's default (55432 and up) lies inside it, and any outgoing connection
+    /// can take such a port between `initdb` and the server's start, or while it is down.
     fn start() -> Cluster {
-        // Not under a 0700 temp dir: the server runs as `postgres` when the tests run as
-        // root, and must reach the directory.
-        let dir = std::env::temp_dir().join(format!(
-            "outboxd-e2e-pg-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
-        let url = pg_cluster("start", &dir);
-        Cluster { dir, url }
+        let seed = u64::from(std::process::id()) * 7919 + now_ms() as u64;
+        for attempt in 0..5u64 {
+            let port = 20_000 + (seed + attempt * 1_009) % 10_000;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_err() {
+                continue;
+            }
+            // Not under a 0700 temp dir: the server runs as `postgres` when the tests run
+            // as root, and must reach the directory.
+            let dir =
+                std::env::temp_dir().join(format!("outboxd-e2e-pg-{}-{port}", std::process::id()));
+            match pg_cluster("start", &dir, Some(port)) {
+                Ok(url) => return Cluster { dir, url },
+                Err(e) if e.contains("in use") || e.contains("taken") => {
+                    let _ = pg_cluster("stop", &dir, None);
+                }
+                Err(e) => panic!("pg-cluster.sh start failed: {e}"),
+            }
+        }
+        panic!("no free port for a test cluster after 5 tries");
     }
 
-    fn run(&self, cmd: &str) -> String {
-        pg_cluster(cmd, &self.dir)
+    fn run(&self, cmd: &str) {
+        if let Err(e) = pg_cluster(cmd, &self.dir, None) {
+            panic!("pg-cluster.sh {cmd} failed: {e}");
+        }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let _ = pg_cluster("stop", &self.dir, None);
     }
 }
 
-fn pg_cluster(cmd: &str, dir: &Path) -> String {
-    let out = std::process::Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh"))
+/// Runs scripts/pg-cluster.sh: its stdout, or its stderr on failure.
+fn pg_cluster(cmd: &str, dir: &Path, port: Option<u64>) -> Result<String, String> {
+    let mut c = std::process::Command::new("bash");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh"))
         .arg(cmd)
-        .arg(dir)
-        .output()
-        .expect("running scripts/pg-cluster.sh");
-    assert!(
-        out.status.success(),
-        "pg-cluster.sh {cmd} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .arg(dir);
+    if let Some(p) = port {
+        c.env("PG_PORT", p.to_string());
+    }
+    let out = c.output().expect("running scripts/pg-cluster.sh");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn migrate(url: &str) {

@@ -39,10 +39,12 @@ pub enum Command {
     CheckConfig,
     /// Put an event into the outbox (what producers do in SQL).
     Enqueue(EnqueueArgs),
-    /// Per-sink queue figures: pending, in flight, due, oldest, delivered, retrying, dead,
-    /// hints, paused, last error.
+    /// Per-sink queue figures.
+    ///
+    /// Pending, due, in flight, oldest unfinished row, retrying, delivered (last hour and
+    /// kept), done, dead-lettered, hints, paused, and the latest error.
     Status {
-        /// Machine-readable output (an array, one object per sink).
+        /// Print JSON instead (for scripts): an array, one object per sink.
         #[arg(long)]
         json: bool,
     },
@@ -52,14 +54,17 @@ pub enum Command {
         sink: String,
         #[arg(long)]
         key: String,
+        /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Inspect, requeue and purge dead-lettered rows.
     #[command(subcommand)]
     Dead(DeadCommand),
-    /// Hold a sink's rows (no attempts burned) until `resume`; the running daemon stops
-    /// claiming them within one poll interval.
+    /// Hold a sink's rows (no attempts burned) until `resume`.
+    ///
+    /// The running daemon stops claiming the sink's rows within one poll interval; rows
+    /// already in flight finish.
     Pause {
         #[command(flatten)]
         sink: SinkArg,
@@ -80,6 +85,7 @@ pub struct SinkArg {
     /// The sink's name, as in `[sinks.NAME]`.
     #[arg(value_name = "SINK")]
     pub name: String,
+    /// Print one JSON document instead (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -102,6 +108,7 @@ pub struct EnqueueArgs {
     /// Do not deliver before this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
     #[arg(long)]
     pub not_before: Option<String>,
+    /// Print one JSON document instead (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -121,18 +128,21 @@ pub enum DeadCommand {
         /// At most this many rows.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,
     },
     /// Show one dead-lettered row with every attempt and its reply.
     Show {
         id: i64,
+        /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,
     },
-    /// Move rows back to pending, attempts reset, history kept. Safe while the daemon
-    /// runs; a row whose key is already back in the outbox (the producer re-sent it) is
-    /// left dead, so nothing is delivered twice.
+    /// Move rows back to pending, attempts reset, history kept.
+    ///
+    /// Safe while the daemon runs. A row whose key is already back in the outbox (the
+    /// producer sent it again) is left dead, so nothing is delivered twice.
     Requeue {
         /// Dead row ids, as `dead list` shows them.
         #[arg(value_name = "ID")]
@@ -143,14 +153,16 @@ pub enum DeadCommand {
         /// With --sink: every dead row of that sink.
         #[arg(long)]
         all: bool,
+        /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,
     },
-    /// Delete dead rows (and their attempt history) dead-lettered longer ago than this.
+    /// Delete old dead rows and their attempt history.
     Purge {
         /// e.g. 30d, 12h.
         #[arg(long, value_name = "DURATION")]
         older_than: humantime::Duration,
+        /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,
     },

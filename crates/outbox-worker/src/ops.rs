@@ -294,11 +294,14 @@ fn print_attempts(attempts: &[AttemptRow], now: i64, p: Paint) {
     );
     let replies: Vec<String> = attempts
         .iter()
-        .enumerate()
-        .filter_map(|(i, a)| {
-            a.reply
-                .as_deref()
-                .map(|r| format!("  #{} (attempt {}): {r}", i + 1, a.attempt))
+        .filter_map(|a| {
+            a.reply.as_deref().filter(|r| !r.is_empty()).map(|r| {
+                format!(
+                    "  attempt {} ({}): {r}",
+                    a.attempt,
+                    relative(a.started_at, now)
+                )
+            })
         })
         .collect();
     if !replies.is_empty() {
@@ -332,7 +335,8 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
                 print_json(&json!({"purged": n, "older_than": older_than.to_string()}));
             } else {
                 println!(
-                    "purged {n} dead row(s) dead-lettered more than {older_than} ago, with their attempt history"
+                    "purged {n} dead row(s) dead-lettered more than {} ago, with their attempt history",
+                    age(clock::ms(older_than.into()))
                 );
             }
             Ok(())
@@ -367,7 +371,10 @@ async fn dead_list(
             filters.push(format!("sink {s}"));
         }
         if let Some(d) = &since {
-            filters.push(format!("dead-lettered within {d}"));
+            filters.push(format!(
+                "dead-lettered within the last {}",
+                age(clock::ms((*d).into()))
+            ));
         }
         if let Some(r) = &reason {
             filters.push(format!("reason containing {r:?}"));
@@ -481,15 +488,15 @@ async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String
             };
             match store.row(&d.sink, &d.idempotency_key).await.map_err(store_err)? {
                 Some(r) => format!(
-                    "dead row {id} ({} / {}): not requeued, the outbox already has this key (row {}, {}, {} attempt(s)): the producer sent it again; requeueing would deliver it twice. Nothing to do: that row is {}",
+                    "dead row {id} ({} / {}) not requeued: the producer sent this key again and the outbox has it (row {}, {}, {} attempt(s)); requeueing would deliver it twice. Nothing to do: {}",
                     d.sink,
                     d.idempotency_key,
                     r.id,
                     r.status,
                     r.attempts,
                     match r.status.as_str() {
-                        "delivered" | "done" => "final already",
-                        _ => "delivered by the daemon",
+                        "delivered" | "done" => "that row is final already",
+                        _ => "the daemon delivers that row",
                     }
                 ),
                 None => format!("dead row {id} ({} / {}): {e}", d.sink, d.idempotency_key),

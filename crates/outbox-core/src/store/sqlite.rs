@@ -123,6 +123,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The database file, when it is one (not `:memory:`).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
     /// The WAL file's (modification time, size): changes whenever any process commits.
     /// A `stat` is far cheaper than a query, so an idle worker can check it every few ms.
     pub fn wal_signature(&self) -> Option<(SystemTime, u64)> {
@@ -691,21 +696,43 @@ impl SqliteStore {
     }
 
     pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT outbox_id FROM outbox_dead WHERE dead_at < ?1) \
-               AND outbox_id NOT IN (SELECT id FROM outbox)",
-        )
-        .bind(older_than)
-        .execute(&mut *tx)
-        .await?;
-        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < ?1")
-            .bind(older_than)
+        // A batch per write transaction: one statement over a large dead-letter table would
+        // hold SQLite's only write lock long enough to stall the daemon (about 1 s per
+        // 100k rows with their history).
+        const BATCH: i64 = 1000;
+        let mut purged = 0;
+        loop {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let ids: Vec<i64> =
+                sqlx::query_scalar("SELECT id FROM outbox_dead WHERE dead_at < ?1 LIMIT ?2")
+                    .bind(older_than)
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if ids.is_empty() {
+                return Ok(purged);
+            }
+            let ids_json = serde_json::to_string(&ids).expect("integers serialise");
+            sqlx::query(
+                "DELETE FROM outbox_attempts WHERE outbox_id IN \
+                   (SELECT outbox_id FROM outbox_dead WHERE id IN (SELECT value FROM json_each(?1))) \
+                   AND outbox_id NOT IN (SELECT id FROM outbox)",
+            )
+            .bind(&ids_json)
+            .execute(&mut *tx)
+            .await?;
+            purged += sqlx::query(
+                "DELETE FROM outbox_dead WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(&ids_json)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
-        Ok(n)
+            tx.commit().await?;
+            if (ids.len() as i64) < BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {

@@ -1,8 +1,11 @@
 //! How an idle worker learns that something changed without hammering the database.
 //!
-//! SQLite: any commit, by any process, writes the WAL file, so a `stat` of it every
-//! `wake_interval` (a few ms; a syscall, no query) tells when to claim. Polling every
-//! `poll_interval` stays as the fallback for everything else (due retries, expired leases).
+//! SQLite: any commit, by any process, writes the WAL file. An inotify watch on the
+//! database's directory wakes the worker the moment a producer commits, and costs nothing
+//! while nothing happens. Where inotify is unavailable (some network filesystems, an
+//! exhausted watch limit), a `stat` of the WAL file every `wake_interval` (a syscall, no
+//! query) does the same job at a small idle cost. Polling every `poll_interval` stays as the
+//! fallback for everything else (due retries, expired leases).
 //!
 //! Postgres: an insert into `outbox` notifies channel `outbox_new` (a trigger), and the
 //! worker `LISTEN`s on it. Notifications sent while the listener is disconnected are lost,
@@ -26,9 +29,11 @@ pub struct Wake {
     store: Store,
     last: Option<(SystemTime, u64)>,
     wake_interval: Duration,
-    /// Postgres: set by the listener task, which is started on first use.
+    /// Set by the listener task (Postgres `LISTEN`, SQLite inotify), started on first use.
     notified: Arc<Notify>,
     listener: Option<JoinHandle<()>>,
+    /// SQLite: inotify could not be set up; poll the WAL file's metadata instead.
+    stat_polling: bool,
 }
 
 impl Wake {
@@ -39,6 +44,7 @@ impl Wake {
             wake_interval,
             notified: Arc::new(Notify::new()),
             listener: None,
+            stat_polling: false,
         };
         w.last = w.signature();
         w
@@ -64,6 +70,25 @@ impl Wake {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             return;
+        }
+        if let (Store::Sqlite(sq), false) = (&self.store, self.stat_polling) {
+            if self.listener.is_none() {
+                match sq.path().map(|p| watch_wal(p, self.notified.clone())) {
+                    Some(Ok(task)) => self.listener = Some(task),
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "inotify unavailable; watching the WAL file by polling its metadata");
+                        self.stat_polling = true;
+                    }
+                    None => self.stat_polling = true,
+                }
+            }
+            if !self.stat_polling {
+                tokio::select! {
+                    _ = self.notified.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+                return;
+            }
         }
         loop {
             let next = (Instant::now() + self.wake_interval).min(deadline);
@@ -91,6 +116,45 @@ impl Drop for Wake {
             task.abort();
         }
     }
+}
+
+/// SQLite: watches the database's directory for writes to its WAL file (or the database
+/// file itself, for a producer not in WAL mode) and wakes the worker. The directory is
+/// watched rather than the file, since the WAL is created and removed as connections come
+/// and go.
+fn watch_wal(db: &std::path::Path, notified: Arc<Notify>) -> std::io::Result<JoinHandle<()>> {
+    use inotify::{Inotify, WatchMask};
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut wal = name.clone();
+    wal.push("-wal");
+    let inotify = Inotify::init()?;
+    inotify
+        .watches()
+        .add(&dir, WatchMask::MODIFY | WatchMask::CREATE)?;
+    let mut events = inotify.into_event_stream([0u8; 4096])?;
+    Ok(tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(e)
+                    if e.name
+                        .as_deref()
+                        .is_some_and(|n| n == wal.as_os_str() || n == name.as_os_str()) =>
+                {
+                    notified.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "inotify watch failed; new rows are seen at the next poll");
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 /// Postgres: `LISTEN`s for new rows and wakes the worker, for as long as the `Wake` lives.
