@@ -29,6 +29,10 @@ trap 'rm -rf "$WORK"' EXIT
 
 step "tools"
 if ! command -v systemd-analyze >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "systemd-analyze is missing: run as root, or apt-get install systemd first"
+        exit 1
+    fi
     echo "installing systemd (for systemd-analyze)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -5,6 +5,8 @@
 //! request reaching the simulator, a row changing in the database, the process exiting),
 //! never on a fixed sleep.
 
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ use outbox_core::store::Store;
 use outboxd_e2e::{charge_end, Env};
 use platform_sim::{Platform, Step};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::Command;
 use tokio::sync::watch;
 
 const RUN: Duration = Duration::from_secs(60);
@@ -33,9 +37,28 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the daemon and waits until its worker loop runs.
+    /// Starts the daemon as systemd does (with a notification socket) and waits for
+    /// READY=1, after which signals are handled (`sigterm_right_after_ready_is_graceful`),
+    /// and for its worker loop to start.
     async fn start(env: &Env) -> Daemon {
-        let mut child = env.spawn_daemon();
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let path = env.path().join(format!(
+            "notify-{}.sock",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let socket = UnixDatagram::bind(&path).expect("binding a notification socket");
+        let child = daemon_command(env, &path, None)
+            .spawn()
+            .expect("starting outboxd");
+        let ready = next_notification(&socket).await;
+        assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+        // Later notifications (STOPPING=1) fail to connect and are ignored by the daemon.
+        drop(socket);
+        let _ = std::fs::remove_file(&path);
+        Daemon::start_child(child).await
+    }
+
+    async fn start_child(mut child: tokio::process::Child) -> Daemon {
         let pid = child.id().expect("daemon pid");
         let stderr = child.stderr.take().expect("piped stderr");
         let mut stdout = child.stdout.take().expect("piped stdout");
@@ -70,6 +93,16 @@ impl Daemon {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Every stderr line, each of which must be one JSON object.
+    fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .collect()
     }
 
     /// Waits until stderr has a line containing `needle`; panics with the log on timeout
@@ -177,6 +210,88 @@ fn write_config_with(env: &Env, replacements: &[(&str, &str)]) {
         cfg = cfg.replacen(from, to, 1);
     }
     env.write_config_raw(&cfg);
+}
+
+/// `outboxd run` with systemd's notification socket (and, optionally, watchdog) set.
+fn daemon_command(env: &Env, socket: &std::path::Path, watchdog: Option<Duration>) -> Command {
+    let mut cmd = Command::from(env.outboxd());
+    cmd.arg("run")
+        .env("NOTIFY_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(w) = watchdog {
+        cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+    }
+    cmd
+}
+
+/// The next datagram on the notification socket, as text.
+async fn next_notification(socket: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(RUN, socket.recv(&mut buf))
+        .await
+        .expect("no notification from outboxd")
+        .expect("reading the notification socket");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let env = Env::sqlite().await;
+    let socket_path = env.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("binding the notification socket");
+
+    // No READY=1 while the schema is missing: the start fails and names the fix.
+    let empty = env.path().join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let empty_url = format!("sqlite://{}", empty.display());
+    write_config_with(&env, &[(env.db_url.as_str(), empty_url.as_str())]);
+    let out = daemon_command(&env, &socket_path, None)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outbox-migrate"));
+    let mut buf = [0u8; 64];
+    assert!(
+        socket.try_recv(&mut buf).is_err(),
+        "a daemon that cannot start must not report ready"
+    );
+
+    // READY=1 with a status once the database is reachable and current; then watchdog
+    // pings from the worker loop (WATCHDOG_USEC = 400 ms: a ping every 100 ms or so); then
+    // STOPPING=1 on SIGTERM.
+    env.write_config("");
+    let child = daemon_command(&env, &socket_path, Some(Duration::from_millis(400)))
+        .spawn()
+        .expect("starting outboxd");
+    let ready = next_notification(&socket).await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=delivering"), "{ready:?}");
+    let mut daemon = Daemon::start_child(child).await;
+    let mut pings = 0;
+    let watched = Instant::now();
+    while pings < 3 {
+        let msg = next_notification(&socket).await;
+        assert_eq!(msg.trim_end(), "WATCHDOG=1");
+        pings += 1;
+    }
+    assert!(
+        watched.elapsed() < Duration::from_secs(2),
+        "3 watchdog pings took {:?} for a 400 ms watchdog",
+        watched.elapsed()
+    );
+    daemon.signal("TERM");
+    loop {
+        let msg = next_notification(&socket).await;
+        if msg.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+        assert_eq!(msg.trim_end(), "WATCHDOG=1", "unexpected notification");
+    }
+    let status = daemon.wait_exit(RUN).await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
 }
 
 #[tokio::test]
@@ -313,7 +428,21 @@ async fn sighup_with_a_broken_config_keeps_the_running_one() {
     daemon
         .wait_for_log("the new configuration is invalid", RUN)
         .await;
-    assert!(daemon.log().contains("is not valid"), "{}", daemon.log());
+    // Logged as JSON (stderr is not a terminal), at error level, with the parser's reason.
+    let line = daemon.json_lines().into_iter().find(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the new configuration is invalid"))
+    });
+    let line = line.expect("the invalid-config line is a JSON object");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not valid"),
+        "{line}"
+    );
 
     // Valid TOML that fails validation: a secret that is not there (a classic slip).
     write_config_with(
@@ -440,4 +569,34 @@ async fn a_second_sigterm_exits_at_once_with_130() {
         );
         assert_eq!(env.sim.applied_count(Platform::Pyun, key), 1, "{key}");
     }
+}
+
+/// systemd may stop a unit as soon as it reported READY=1, and that stop must be graceful:
+/// the SIGTERM and SIGINT handlers are installed before READY=1 is sent.
+#[tokio::test]
+async fn sigterm_right_after_ready_is_graceful() {
+    let env = Env::sqlite().await;
+    let path = env.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let child = daemon_command(&env, &path, None)
+        .spawn()
+        .expect("starting outboxd");
+    let pid = child.id().unwrap();
+    let ready = next_notification(&socket).await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(RUN, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}; log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
