@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-# format and lint checks, unit tests, the store suite on SQLite and on a throwaway Postgres
-# cluster this script starts and stops itself, and the end-to-end tests that run the real
-# binaries against the platform simulator on loopback.
+# format and lint checks, the packaging checks (systemd unit, reference config, .deb), unit
+# tests, the store suite on SQLite and on a throwaway Postgres cluster this script starts and
+# stops itself, and the end-to-end tests that run the real binaries against the platform
+# simulator on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins
+
+step "packaging: systemd unit, reference config, .deb"
+bash scripts/check-packaging.sh
 
 step "cargo test"
 cargo test --workspace

@@ -97,3 +97,32 @@ async fn enqueue_command_is_idempotent() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type"));
     let _ = bin("outboxd");
 }
+
+#[tokio::test]
+async fn a_database_password_never_reaches_the_error_text() {
+    let env = Env::sqlite().await;
+    let url = "postgres://outboxd:topsecretpw@127.0.0.1:1/outbox";
+    for args in [
+        vec!["--database-url", url, "status"],
+        vec!["--database-url", url, "run"],
+    ] {
+        let out = env.outboxd().args(&args).output().unwrap();
+        assert!(!out.status.success());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("cannot open the outbox database"), "{text}");
+        assert!(!text.contains("topsecretpw"), "{text}");
+    }
+    let out = std::process::Command::new(bin("outbox-migrate"))
+        .args(["--database-url", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !text.contains("topsecretpw"),
+        "{text}"
+    );
+}

@@ -14,9 +14,26 @@ use crate::sinks::SinkType;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/outboxd/outbox.db";
 
+/// A database URL fit for a log line or an error: a password in it is replaced, so a
+/// Postgres credential never reaches the journal.
+pub fn redact_url(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(_) => database_url.to_string(),
+        // Unparseable: show only the scheme, in case the rest holds a secret.
+        Err(_) => match database_url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:…"),
+            None => "(unparseable database_url)".into(),
+        },
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source} (give another with --config FILE or OUTBOXD_CONFIG; status and dead commands also take --database-url alone)")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -81,8 +98,9 @@ pub struct WorkerConfig {
     /// How often an idle worker looks for due rows when nothing woke it.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How often an idle SQLite worker checks whether another process wrote to the database
-    /// (a `stat` of the WAL file: cheap, and it makes insert-to-delivery latency small).
+    /// Where inotify is unavailable, how often an idle SQLite worker checks whether another
+    /// process wrote to the database (a `stat` of the WAL file). With inotify (the normal
+    /// case on Linux) a commit wakes the worker at once and this is not used.
     #[serde(with = "humantime_serde")]
     pub wake_interval: Duration,
     /// Rows claimed per sink in one statement.
@@ -106,7 +124,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             poll_interval: Duration::from_secs(1),
-            wake_interval: Duration::from_millis(5),
+            wake_interval: Duration::from_millis(10),
             batch_size: 256,
             lease: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
@@ -333,7 +351,7 @@ impl Config {
         {
             p.push(format!(
                 "database_url {:?} must start with sqlite: or postgres://",
-                self.database_url
+                redact_url(&self.database_url)
             ));
         }
         let w = &self.worker;
@@ -413,6 +431,19 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://outboxd:s3cret@db:5432/outbox"),
+            "postgres://outboxd:redacted@db:5432/outbox"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/outboxd/outbox.db"),
+            "sqlite:///var/lib/outboxd/outbox.db"
+        );
+        assert!(!redact_url("mysql//u:s3cret@x").contains("s3cret"));
     }
 
     #[test]

@@ -181,9 +181,16 @@ fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
 }
 
 pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+    // /proc/sys is hidden under the unit's ProcSubset=pid; /etc/hostname stays readable.
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into());
     format!("{host}:{}", std::process::id())
 }
 
@@ -280,6 +287,8 @@ fn reload_slots(slots: &mut Vec<SinkSlot>, fresh: Vec<SinkSlot>) {
 /// holds the database long enough to stall delivery.
 async fn retention_task(store: Store, retention: Duration) {
     const BATCH: i64 = 500;
+    // Idle checks every minute, or sooner for a short retention.
+    let idle = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let before = now_ms() - clock::ms(retention);
         let pause = match store.prune_finished(before, BATCH).await {
@@ -288,11 +297,11 @@ async fn retention_task(store: Store, retention: Duration) {
                 if n > 0 {
                     tracing::debug!(rows = n, "pruned finished rows past retention");
                 }
-                Duration::from_secs(60)
+                idle
             }
             Err(e) => {
                 tracing::debug!(error = %e, "pruning failed; trying again later");
-                Duration::from_secs(60)
+                idle
             }
         };
         tokio::time::sleep(pause).await;

@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
     let store = match Store::open(&args.database_url, &opts).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("outbox-migrate: cannot open {}: {e}", args.database_url);
+            eprintln!(
+                "outbox-migrate: cannot open {}: {e}",
+                outbox_core::config::redact_url(&args.database_url)
+            );
             return ExitCode::from(2);
         }
     };

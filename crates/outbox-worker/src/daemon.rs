@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use outbox_core::admin::{self, Admin};
-use outbox_core::config::Config;
+use outbox_core::config::{redact_url, Config};
 use outbox_core::metrics::Metrics;
 use outbox_core::shutdown::Shutdown;
 use outbox_core::store::{OpenOptions, Store};
@@ -38,7 +38,7 @@ pub async fn run(
         .map_err(|e| {
             format!(
                 "cannot open the outbox database {}: {e}",
-                config.database_url
+                redact_url(&config.database_url)
             )
         })?;
     store

@@ -11,7 +11,7 @@ mod table;
 use std::process::ExitCode;
 
 use clap::Parser;
-use outbox_core::config::Config;
+use outbox_core::config::{redact_url, Config};
 use outbox_core::store::{OpenOptions, Store};
 
 use cli::{Cli, Command};
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 async fn open(url: &str) -> Result<Store, String> {
     Store::open(url, &OpenOptions::default())
         .await
-        .map_err(|e| format!("cannot open the outbox database {url}: {e}"))
+        .map_err(|e| format!("cannot open the outbox database {}: {e}", redact_url(url)))
 }
 
 async fn dispatch(cli: Cli) -> Result<(), String> {
@@ -51,7 +51,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                     .map(|(n, s)| format!("{n} ({})", s.kind))
                     .collect::<Vec<_>>()
                     .join(", "),
-                cli.database_url.as_deref().unwrap_or(&config.database_url)
+                redact_url(cli.database_url.as_deref().unwrap_or(&config.database_url))
             );
             Ok(())
         }

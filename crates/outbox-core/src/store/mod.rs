@@ -210,7 +210,8 @@ impl Store {
     }
 
     /// Fails with a message that names the fix unless the schema is current.
-    pub async fn require_current_schema(&self, url_for_message: &str) -> Result<()> {
+    pub async fn require_current_schema(&self, database_url: &str) -> Result<()> {
+        let url_for_message = crate::config::redact_url(database_url);
         match self.schema_state().await? {
             SchemaState::Current => Ok(()),
             SchemaState::Empty => Err(StoreError::Schema(format!(
