@@ -565,12 +565,24 @@ async fn a_closed_connection_or_a_reply_without_code_is_outcome_unknown() {
         .reason
         .contains("without a CODE"));
 
-    // The operator checked epeis: SA-DROP-BEFORE was not booked, so it is requeued, and
-    // delivered once.
+    // A plain requeue of an unknown outcome is refused: it could book the adjustment twice.
     let d = dead(&store, "SA-DROP-BEFORE").await;
-    let requeue = env
+    let refused = env
         .outboxd()
         .args(["dead", "requeue", &d.id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    // The operator checked epeis: SA-DROP-BEFORE was not booked, so it is requeued with
+    // --force, and delivered once.
+    let requeue = env
+        .outboxd()
+        .args(["dead", "requeue", "--force", &d.id.to_string()])
         .output()
         .unwrap();
     assert!(

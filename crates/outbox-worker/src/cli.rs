@@ -153,6 +153,10 @@ pub enum DeadCommand {
         /// With --sink: every dead row of that sink.
         #[arg(long)]
         all: bool,
+        /// Also requeue rows whose outcome is unknown (the platform may already have applied
+        /// them: an epeis adjustment, an lbbtech start). Check on the platform side first.
+        #[arg(long)]
+        force: bool,
         /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,

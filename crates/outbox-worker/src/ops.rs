@@ -326,8 +326,9 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             ids,
             sink,
             all,
+            force,
             json,
-        } => requeue(store, ids, sink, all, json).await,
+        } => requeue(store, ids, sink, all, force, json).await,
         DeadCommand::Purge { older_than, json } => {
             let cutoff = now_ms() - clock::ms(older_than.into());
             let n = store.purge_dead(cutoff).await.map_err(store_err)?;
@@ -511,6 +512,7 @@ async fn requeue(
     ids: Vec<i64>,
     sink: Option<String>,
     all: bool,
+    force: bool,
     json: bool,
 ) -> CmdResult {
     let ids = match (ids.is_empty(), sink, all) {
@@ -541,6 +543,20 @@ async fn requeue(
     let total = ids.len();
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for id in ids {
+        if !force {
+            if let Some(d) = store.dead_get(id).await.map_err(store_err)? {
+                if d.requeue_may_duplicate() {
+                    failed.push((
+                        id,
+                        format!(
+                            "dead row {id} ({} {}) not requeued: its outcome is unknown, so the platform may already have applied it and requeueing sends it again. Check on the platform side ({}), then requeue it with --force",
+                            d.sink, d.idempotency_key, d.reason
+                        ),
+                    ));
+                    continue;
+                }
+            }
+        }
         match store.requeue(id, now_ms()).await {
             Ok(()) => ok.push(id),
             Err(e) => failed.push((id, refusal(store, id, e).await?)),

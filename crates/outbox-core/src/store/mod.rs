@@ -120,6 +120,16 @@ pub struct DeadRow {
     pub reason: String,
     pub last_reply: Option<String>,
     pub dead_at: i64,
+    /// Where a multi-step flow stood (lbbtech); a requeue resumes from it.
+    pub flow_state: Option<String>,
+}
+
+impl DeadRow {
+    /// Whether requeueing may apply the event a second time: the platform may already have
+    /// applied it (outcome unknown), and there is no flow state to resume safely from.
+    pub fn requeue_may_duplicate(&self) -> bool {
+        self.reason.starts_with("outcome unknown") && self.flow_state.is_none()
+    }
 }
 
 /// One entry of the attempt history.

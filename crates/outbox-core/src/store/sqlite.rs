@@ -85,6 +85,7 @@ fn dead_row(r: &SqliteRow) -> std::result::Result<DeadRow, sqlx::Error> {
         reason: r.try_get("reason")?,
         last_reply: r.try_get("last_reply")?,
         dead_at: r.try_get("dead_at")?,
+        flow_state: r.try_get("flow_state")?,
     })
 }
 
