@@ -62,20 +62,7 @@ impl Env {
                 return None;
             }
         };
-        let name = format!("e2e_{}_{}", std::process::id(), rand_suffix());
-        let admin = sqlx::PgPool::connect(&base)
-            .await
-            .expect("connecting to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("creating a test database");
-        admin.close().await;
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
-            None => panic!("OUTBOX_TEST_PG_URL {base:?} has no database part"),
-        };
-        Some(Env::with_url(tempfile::tempdir().expect("temp dir"), url).await)
+        Some(Env::postgres_on(&base).await)
     }
 
     /// A fresh database on the cluster at `base` (a URL ending in a database name).

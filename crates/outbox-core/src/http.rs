@@ -32,6 +32,17 @@ pub struct Sent {
     pub result: Result<HttpReply, SendError>,
 }
 
+impl Sent {
+    /// The attempt history entry for this send, to be completed with what the reply meant.
+    pub fn attempt_info(&self) -> crate::outcome::AttemptInfo {
+        crate::outcome::AttemptInfo {
+            started_at: self.started_at,
+            duration_ms: self.duration_ms,
+            ..Default::default()
+        }
+    }
+}
+
 /// Sends `request` and reads the whole reply body.
 pub async fn send(request: reqwest::RequestBuilder) -> Sent {
     let started_at = clock::now_ms();

@@ -862,11 +862,7 @@ impl EpeisSink {
             )
             .body(body);
         let sent = http::send(request).await;
-        let mut info = AttemptInfo {
-            started_at: sent.started_at,
-            duration_ms: sent.duration_ms,
-            ..Default::default()
-        };
+        let mut info = sent.attempt_info();
         let verdict = match sent.result {
             Ok(reply) => {
                 let c = classify(

@@ -918,11 +918,7 @@ impl LbbtechSink {
             )
             .body(form_body(&self.token, fields));
         let sent = http::send(request).await;
-        let mut info = AttemptInfo {
-            started_at: sent.started_at,
-            duration_ms: sent.duration_ms,
-            ..Default::default()
-        };
+        let mut info = sent.attempt_info();
         let now = clock::now_ms();
         let verdict = match &sent.result {
             Ok(r) => {

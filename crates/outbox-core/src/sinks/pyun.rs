@@ -397,11 +397,7 @@ impl PyunSink {
             )
             .body(body);
         let sent = http::send(request).await;
-        let mut info = AttemptInfo {
-            started_at: sent.started_at,
-            duration_ms: sent.duration_ms,
-            ..Default::default()
-        };
+        let mut info = sent.attempt_info();
         let verdict = match sent.result {
             Ok(reply) => {
                 let c = classify(reply.status, reply.retry_after, &reply.body, &self.codes);
