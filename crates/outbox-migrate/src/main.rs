@@ -9,9 +9,18 @@ use outbox_core::store::{OpenOptions, SchemaState, Store};
 #[derive(Parser)]
 #[command(version, about = "Apply outboxd's schema migrations")]
 struct Args {
-    /// sqlite:///path/to/outbox.db or postgres://user@host/db
+    /// sqlite:///path/to/outbox.db or postgres://user@host/db; without it, the
+    /// `database_url` of the config file.
     #[arg(long, env = "OUTBOXD_DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
+    /// outboxd's config file, read for `database_url` when --database-url is not given.
+    #[arg(
+        long,
+        short,
+        env = "OUTBOXD_CONFIG",
+        default_value = "/etc/outboxd/outboxd.toml"
+    )]
+    config: std::path::PathBuf,
     /// Only report whether the schema is current (exit 1 if not).
     #[arg(long)]
     check: bool,
@@ -20,16 +29,26 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let database_url = match args.database_url {
+        Some(u) => u,
+        None => match outbox_core::config::Config::load_unchecked(&args.config) {
+            Ok(c) => c.database_url,
+            Err(e) => {
+                eprintln!("outbox-migrate: no --database-url, and {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let opts = OpenOptions {
         create: !args.check,
         ..OpenOptions::default()
     };
-    let store = match Store::open(&args.database_url, &opts).await {
+    let store = match Store::open(&database_url, &opts).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
                 "outbox-migrate: cannot open {}: {e}",
-                outbox_core::config::redact_url(&args.database_url)
+                outbox_core::config::redact_url(&database_url)
             );
             return ExitCode::from(2);
         }
