@@ -480,3 +480,63 @@ print(sqlite3.sqlite_version)
     let stats = store.stats(outbox_core::clock::now_ms()).await.unwrap();
     assert_eq!(stats[0].delivered, 400, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_row_that_is_not_text_is_dead_lettered_and_blocks_nothing() {
+    let env = Env::sqlite().await;
+    let store = env.store().await;
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "GOOD-1",
+        &charge_end("GOOD-1"),
+    )
+    .await;
+    // A producer wrote bytes that are not UTF-8 (SQLite stores them as they are).
+    let db = env.path().join("outbox.db");
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             db = sqlite3.connect(sys.argv[1], timeout=5)\n\
+             db.execute(\"INSERT INTO outbox (sink, event_type, idempotency_key, payload) VALUES ('pyun', 'charge_end', 'BAD-BYTES', ?)\", (b'\\xff\\xfe{',))\n\
+             db.execute(\"INSERT INTO outbox (sink, event_type, idempotency_key, payload) VALUES ('pyun', 'charge_end', 'BAD-TEXT', CAST(X'7B22FF22' AS TEXT))\")\n\
+             db.commit()",
+        )
+        .arg(&db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "GOOD-2",
+        &charge_end("GOOD-2"),
+    )
+    .await;
+    env.run_until_idle(RUN).await;
+    assert_eq!(env.sim.applied_keys(Platform::Pyun), ["GOOD-1", "GOOD-2"]);
+    let dead = store.dead_list(None, None, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert!(d.reason.contains("not valid UTF-8"), "{}", d.reason);
+    }
+    // Operators can still list them.
+    let list = env
+        .outboxd()
+        .args(["dead", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+}

@@ -166,6 +166,12 @@ pub fn decide(
 
 /// Checks a claimed row before its sink sees it: wrong event type, oversized payload.
 fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
+    // The store marks a row whose columns are not text (see store/sqlite.rs).
+    if let Some(problem) = row.payload.strip_prefix('\0') {
+        return Some(format!(
+            "the row cannot be read as text: {problem}; fix the producer"
+        ));
+    }
     let expected = sink.kind().event_type();
     if row.event_type != expected.as_str() {
         return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.kind(), row.event_type));
@@ -398,10 +404,10 @@ pub async fn run(
             }
             .await;
             match r {
-                Ok(()) => {
-                    health.ok();
-                    next_housekeeping = Instant::now() + wc.poll_interval;
-                }
+                // Not proof the database is healthy again: these statements rarely write, and
+                // a full disk still answers reads. Only a cycle that records verdicts or
+                // claims rows clears a failure, so the log does not flap.
+                Ok(()) => next_housekeeping = Instant::now() + wc.poll_interval,
                 Err(e) => {
                     health.failed("housekeeping", &e);
                     next_db_try = Instant::now() + health.backoff();
@@ -412,7 +418,7 @@ pub async fn run(
         // Which sinks to claim for this round.
         let mut claims: Vec<(String, u32)> = Vec::new();
         let mut claim_slots: Vec<usize> = Vec::new();
-        if !stopping && health.failing_since.is_none() {
+        if !stopping && db_ready {
             for (i, slot) in slots.iter_mut().enumerate() {
                 if paused.contains(&slot.name) {
                     continue;
@@ -455,7 +461,11 @@ pub async fn run(
                 .await
             {
                 Ok((lost, claimed)) => {
-                    health.ok();
+                    // Only a round that wrote proves the database writable again (a full
+                    // disk still answers a claim that finds nothing).
+                    if !batch.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
+                        health.ok();
+                    }
                     if lost > 0 {
                         tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
                     }

@@ -24,6 +24,57 @@ use super::{
 };
 use crate::event::{ClaimedRow, NewEvent};
 
+/// A write transaction (`BEGIN IMMEDIATE`) that leaves no trace when it fails: a connection
+/// whose transaction did not commit is taken out of the pool and closed (SQLite rolls back
+/// on close), and the pool opens a fresh one. A failed `COMMIT` (a full disk: SQLITE_FULL)
+/// can otherwise leave the connection inside a transaction, and every later write on it
+/// fails until the daemon restarts.
+struct WriteTx {
+    conn: Option<sqlx::pool::PoolConnection<Sqlite>>,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await?;
+        // A failed BEGIN leaves no transaction open: the connection goes back as it is.
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(WriteTx { conn: Some(conn) })
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("a transaction commits once");
+        match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                drop(conn.detach());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        self.conn.as_ref().expect("open transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.conn.as_mut().expect("open transaction")
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        // Not committed (an error, or an early return): discard the connection.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 #[derive(Clone)]
@@ -53,17 +104,50 @@ where
     Ok(done.rows_affected() == 1)
 }
 
-const CLAIMED_COLUMNS: &str =
-    "id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, flow_state, in_doubt";
+// Producers' text columns are read as bytes: SQLite stores whatever a producer wrote (a BLOB,
+// invalid UTF-8), and one such row must not make every claim of its sink fail.
+const CLAIMED_COLUMNS: &str = "id, sink, CAST(event_type AS BLOB) AS event_type, \
+     CAST(idempotency_key AS BLOB) AS idempotency_key, CAST(payload AS BLOB) AS payload, \
+     CAST(ordering_key AS BLOB) AS ordering_key, created_at, attempts, flow_state, in_doubt";
+
+/// A producer's text column, or a note saying why it is not text.
+fn producer_text(
+    r: &SqliteRow,
+    col: &str,
+    bad: &mut Vec<String>,
+) -> std::result::Result<String, sqlx::Error> {
+    let bytes: Vec<u8> = r.try_get::<Option<Vec<u8>>, _>(col)?.unwrap_or_default();
+    Ok(String::from_utf8(bytes).unwrap_or_else(|e| {
+        bad.push(format!(
+            "`{col}` is not valid UTF-8 text ({} bytes)",
+            e.as_bytes().len()
+        ));
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    }))
+}
 
 fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
+    let mut bad = Vec::new();
+    let event_type = producer_text(r, "event_type", &mut bad)?;
+    let idempotency_key = producer_text(r, "idempotency_key", &mut bad)?;
+    let payload = producer_text(r, "payload", &mut bad)?;
+    let ordering_key = r
+        .try_get::<Option<Vec<u8>>, _>("ordering_key")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    // The worker dead-letters a row whose payload starts with NUL, naming the problem: no
+    // JSON document starts with one.
+    let payload = if bad.is_empty() {
+        payload
+    } else {
+        format!("\0{}", bad.join("; "))
+    };
     Ok(ClaimedRow {
         id: r.try_get("id")?,
         sink: r.try_get("sink")?,
-        event_type: r.try_get("event_type")?,
-        idempotency_key: r.try_get("idempotency_key")?,
-        payload: r.try_get("payload")?,
-        ordering_key: r.try_get("ordering_key")?,
+        event_type,
+        idempotency_key,
+        payload,
+        ordering_key,
         created_at: r.try_get("created_at")?,
         attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
@@ -71,15 +155,26 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     })
 }
 
+/// A text column as a producer may have written it: text, or bytes shown lossily, so an
+/// operator can still list and inspect a row that is not valid UTF-8.
+fn lossy(r: &SqliteRow, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
+    match r.try_get::<Option<String>, _>(col) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(r
+            .try_get_unchecked::<Option<Vec<u8>>, _>(col)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
+}
+
 fn dead_row(r: &SqliteRow) -> std::result::Result<DeadRow, sqlx::Error> {
     Ok(DeadRow {
         id: r.try_get("id")?,
         outbox_id: r.try_get("outbox_id")?,
-        sink: r.try_get("sink")?,
-        event_type: r.try_get("event_type")?,
-        idempotency_key: r.try_get("idempotency_key")?,
-        payload: r.try_get("payload")?,
-        ordering_key: r.try_get("ordering_key")?,
+        sink: lossy(r, "sink")?.unwrap_or_default(),
+        event_type: lossy(r, "event_type")?.unwrap_or_default(),
+        idempotency_key: lossy(r, "idempotency_key")?.unwrap_or_default(),
+        payload: lossy(r, "payload")?.unwrap_or_default(),
+        ordering_key: lossy(r, "ordering_key")?,
         created_at: r.try_get("created_at")?,
         attempts: r.try_get("attempts")?,
         reason: r.try_get("reason")?,
@@ -197,7 +292,7 @@ impl SqliteStore {
         now: i64,
         lease_until: i64,
     ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let lost = if batch.is_empty() {
             0
         } else {
@@ -268,7 +363,7 @@ impl SqliteStore {
 
     pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
         let known_json = serde_json::to_string(known).expect("strings serialise");
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let filter = "status = 'pending' AND next_attempt_at <= ?1 \
                       AND sink NOT IN (SELECT value FROM json_each(?2))";
         sqlx::query(&format!(
@@ -292,7 +387,7 @@ impl SqliteStore {
     }
 
     pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let lost = complete_in(&mut tx, owner, batch, now).await?;
         tx.commit().await?;
         Ok(lost)
@@ -642,7 +737,7 @@ impl SqliteStore {
     }
 
     pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
             .bind(dead_id)
             .fetch_optional(&mut *tx)
@@ -703,7 +798,7 @@ impl SqliteStore {
         const BATCH: i64 = 1000;
         let mut purged = 0;
         loop {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = WriteTx::begin(&self.pool).await?;
             let ids: Vec<i64> =
                 sqlx::query_scalar("SELECT id FROM outbox_dead WHERE dead_at < ?1 LIMIT ?2")
                     .bind(older_than)
@@ -737,7 +832,7 @@ impl SqliteStore {
     }
 
     pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
         )
