@@ -32,6 +32,8 @@ const STRING_FIELDS: [&str; 7] = [
 ];
 const INTEGER_FIELDS: [&str; 4] = ["quantity", "energy_value", "fee_value", "total_value"];
 const OPTIONAL_FIELDS: [&str; 1] = ["vin"];
+/// Longest value accepted in any field.
+const MAX_FIELD_CHARS: usize = 128;
 
 /// Checks a charge_end payload and returns the form fields to send (without `app_id`,
 /// `timestamp` and `sign`). Every problem is named by its field.
@@ -94,6 +96,19 @@ pub fn validate(
         Some(other) => problems.push(format!("field `vin` must be a string, got {other}")),
     }
 
+    // No documented limit; a runaway value (or a NUL from a broken producer) is a producer
+    // bug to surface, not something to send to a payment platform.
+    for (name, value) in &fields {
+        let len = value.chars().count();
+        if len > MAX_FIELD_CHARS {
+            problems.push(format!(
+                "field `{name}` is {len} characters long; at most {MAX_FIELD_CHARS}"
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            problems.push(format!("field `{name}` contains a control character"));
+        }
+    }
     let get = |name: &str| {
         fields
             .iter()
@@ -564,6 +579,14 @@ mod tests {
             (
                 serde_json::json!({"device_no": ""}),
                 "`device_no` must not be empty",
+            ),
+            (
+                serde_json::json!({"device_no": "S\u{0}1"}),
+                "`device_no` contains a control character",
+            ),
+            (
+                serde_json::json!({"station_uuid": "x".repeat(129)}),
+                "`station_uuid` is 129 characters long",
             ),
         ];
         for (patch, needle) in cases {
