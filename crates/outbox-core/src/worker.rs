@@ -359,7 +359,9 @@ pub async fn run(
     let mut tasks: JoinSet<(ClaimedRow, StepOutcome)> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
     // Verdicts waiting to be written, with their slot.
-    let mut pending: Vec<(usize, Completion)> = Vec::new();
+    let mut pending: Vec<Completion> = Vec::new();
+    // The slot of each pending verdict, in the same order.
+    let mut pending_slots: Vec<usize> = Vec::new();
     let mut health = DbHealth::default();
     let mut next_db_try = Instant::now();
     let mut paused: Vec<String> = Vec::new();
@@ -439,7 +441,7 @@ pub async fn run(
                     continue;
                 }
                 // Slots of the verdicts about to be written count as free.
-                let finishing = pending.iter().filter(|(s, _)| *s == i).count();
+                let finishing = pending_slots.iter().filter(|s| **s == i).count();
                 let free = (slot.concurrency + finishing).saturating_sub(slot.in_flight);
                 // Refill in chunks: claiming one row per freed slot would cost a commit (an
                 // fsync) per row.
@@ -454,22 +456,21 @@ pub async fn run(
         }
 
         if db_ready && (!pending.is_empty() || !claims.is_empty()) {
-            let batch: Vec<Completion> = pending.iter().map(|(_, c)| c.clone()).collect();
             let now = now_ms();
             match store
-                .cycle(&owner, &batch, &claims, now, now + lease_ms)
+                .cycle(&owner, &pending, &claims, now, now + lease_ms)
                 .await
             {
                 Ok((lost, claimed)) => {
                     // Only a round that wrote proves the database writable again (a full
                     // disk still answers a claim that finds nothing).
-                    if !batch.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
+                    if !pending.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
                         health.ok();
                     }
                     if lost > 0 {
                         tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
                     }
-                    for (slot, c) in pending.drain(..) {
+                    for (slot, c) in pending_slots.drain(..).zip(pending.drain(..)) {
                         slots[slot].in_flight -= 1;
                         account(&counters, &metrics, &c);
                     }
@@ -596,13 +597,19 @@ pub async fn run(
                 while let Some(j) = tasks.try_join_next_with_id() {
                     done.push(j);
                 }
-                pending.extend(done.into_iter().filter_map(|j| finish(j, &mut in_flight, &slots)));
+                for (slot, c) in done.into_iter().filter_map(|j| finish(j, &mut in_flight, &slots)) {
+                    pending_slots.push(slot);
+                    pending.push(c);
+                }
             }
             _ = async { tokio::time::sleep_until(grace_deadline.expect("guarded")).await }, if stopping && !tasks.is_empty() => {
                 tracing::warn!(rows = tasks.len(), "shutdown grace over: abandoning in-flight deliveries; their rows are released for another attempt");
                 tasks.abort_all();
                 while let Some(j) = tasks.join_next_with_id().await {
-                    pending.extend(finish(j, &mut in_flight, &slots));
+                    if let Some((slot, c)) = finish(j, &mut in_flight, &slots) {
+                        pending_slots.push(slot);
+                        pending.push(c);
+                    }
                 }
             }
             Some(new_config) = async { reload.as_mut().expect("guarded").recv().await }, if reload.is_some() && !stopping => {
