@@ -29,6 +29,8 @@ pub enum SendError {
 pub struct Sent {
     pub started_at: i64,
     pub duration_ms: i64,
+    /// The same, in microseconds: loopback and LAN requests take well under a millisecond.
+    pub duration_us: i64,
     pub result: Result<HttpReply, SendError>,
 }
 
@@ -38,6 +40,7 @@ impl Sent {
         crate::outcome::AttemptInfo {
             started_at: self.started_at,
             duration_ms: self.duration_ms,
+            duration_us: self.duration_us,
             ..Default::default()
         }
     }
@@ -51,6 +54,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Sent {
     Sent {
         started_at,
         duration_ms: t0.elapsed().as_millis() as i64,
+        duration_us: t0.elapsed().as_micros() as i64,
         result,
     }
 }

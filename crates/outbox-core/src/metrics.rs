@@ -39,14 +39,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn record(&self, sink: &str, outcome: &'static str, duration_ms: Option<i64>, hint: bool) {
+    pub fn record(&self, sink: &str, outcome: &'static str, duration_us: Option<i64>, hint: bool) {
         let mut g = self.inner.lock().expect("metrics lock");
         *g.outcomes.entry((sink.to_string(), outcome)).or_default() += 1;
         if hint {
             *g.hints.entry(sink.to_string()).or_default() += 1;
         }
-        if let Some(ms) = duration_ms {
-            let secs = ms.max(0) as f64 / 1000.0;
+        if let Some(us) = duration_us {
+            let secs = us.max(0) as f64 / 1_000_000.0;
             let h = g.latency.entry(sink.to_string()).or_default();
             for (i, b) in BUCKETS.iter().enumerate() {
                 if secs <= *b {
@@ -181,9 +181,9 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         let m = Metrics::default();
-        m.record("pyun", "delivered", Some(3), false);
-        m.record("pyun", "delivered", Some(40), true);
-        m.record("pyun", "retry", Some(2000), false);
+        m.record("pyun", "delivered", Some(3_000), false);
+        m.record("pyun", "delivered", Some(40_000), true);
+        m.record("pyun", "retry", Some(2_000_000), false);
         let stats = vec![SinkStats {
             sink: "pyun".into(),
             pending: 7,

@@ -54,6 +54,8 @@ impl Verdict {
 pub struct AttemptInfo {
     pub started_at: i64,
     pub duration_ms: i64,
+    /// For the latency histogram (not stored): sub-millisecond precision.
+    pub duration_us: i64,
     pub http_status: Option<u16>,
     pub reply_code: Option<String>,
     pub hint: Option<String>,

@@ -647,7 +647,7 @@ fn account(counters: &Counters, metrics: &Metrics, c: &Completion) {
         c.info
             .as_ref()
             .filter(|i| i.http_status.is_some() || i.error.is_some())
-            .map(|i| i.duration_ms),
+            .map(|i| i.duration_us),
         matches!(c.action, Action::Delivered { hint: Some(_), .. }),
     );
     let counter = match &c.action {

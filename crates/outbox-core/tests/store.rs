@@ -263,6 +263,7 @@ fn completion(row: &ClaimedRow, action: Action) -> Completion {
             let info = AttemptInfo {
                 started_at: now_ms(),
                 duration_ms: 12,
+                duration_us: 12_000,
                 http_status: Some(200),
                 reply_code: Some("0".into()),
                 hint: None,
