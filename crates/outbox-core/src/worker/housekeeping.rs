@@ -1,0 +1,60 @@
+//! Housekeeping, every `poll_interval`: expired leases (a crashed worker) go back to
+//! pending, rows for sinks that are not configured are dead-lettered so they don't sit there
+//! forever, and the operators' pauses are re-read. Retention pruning runs in its own task.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Counters;
+use crate::clock::{self, now_ms};
+use crate::store::{Store, StoreError};
+
+/// One housekeeping pass; logs and counts what it changed. Returns the paused sinks.
+pub(crate) async fn housekeep(
+    store: &Store,
+    known: &[String],
+    now: i64,
+    counters: &Counters,
+) -> Result<Vec<String>, StoreError> {
+    let reclaimed = store.reclaim_expired(now).await?;
+    if reclaimed > 0 {
+        tracing::warn!(
+            rows = reclaimed,
+            "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
+        );
+    }
+    let unknown = store.dead_letter_unknown_sinks(known, now).await?;
+    if unknown > 0 {
+        tracing::warn!(
+            rows = unknown,
+            "dead-lettered rows addressed to sinks that are not configured"
+        );
+        counters.dead.fetch_add(unknown, Ordering::Relaxed);
+    }
+    store.paused_sinks().await
+}
+
+/// Deletes finished rows past their retention, a small batch at a time, so pruning never
+/// holds the database long enough to stall delivery.
+pub(crate) async fn retention_task(store: Store, retention: Duration) {
+    const BATCH: i64 = 500;
+    // Idle checks every minute, or sooner for a short retention.
+    let idle = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let before = now_ms() - clock::ms(retention);
+        let pause = match store.prune_finished(before, BATCH).await {
+            Ok(n) if n as i64 == BATCH => Duration::from_millis(50),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(rows = n, "pruned finished rows past retention");
+                }
+                idle
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pruning failed; trying again later");
+                idle
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}

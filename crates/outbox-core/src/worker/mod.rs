@@ -1,0 +1,607 @@
+//! The worker loop: claim due rows per sink, deliver them concurrently, record verdicts.
+//!
+//! - Claims are batched (one `UPDATE ... RETURNING` per sink) and only when a sink has a
+//!   useful number of free slots, so a busy worker does not commit once per row
+//!   ([`slots`]).
+//! - Verdicts are written in batches, together with the next claims, one transaction per
+//!   round: with `synchronous = FULL` every commit is an fsync, so batching is what makes
+//!   throughput ([`decide`] turns a verdict into the store's action).
+//! - Each delivery runs in its own task: a panic in a sink dead-letters that row, never the
+//!   daemon. A database error is logged once per change of state and retried; nothing that
+//!   was claimed is forgotten (its lease expires and it is claimed again).
+//! - Housekeeping (expired leases, unknown sinks, pauses, retention) is in [`housekeeping`].
+
+mod decide;
+mod health;
+mod housekeeping;
+mod slots;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::clock::{self, now_ms};
+use crate::config::{Config, WorkerConfig};
+use crate::event::ClaimedRow;
+use crate::metrics::Metrics;
+use crate::outcome::StepOutcome;
+use crate::shutdown::Shutdown;
+use crate::store::wake::Wake;
+use crate::store::{Action, Completion, Store};
+
+pub use decide::decide;
+use decide::{finish, InFlight, Joined};
+use health::DbHealth;
+use slots::{ClaimPlan, SinkSlot};
+
+/// Payloads above this are dead-lettered unread: no platform here takes more than a few KB,
+/// and a runaway producer must not make the daemon hold megabytes per row.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("sink setup failed: {0}")]
+    Sink(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How `run` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until the shutdown future resolves.
+    Forever,
+    /// Until no row of a configured sink is pending or in flight (demo, benchmarks).
+    UntilIdle,
+}
+
+/// Counters since start, for progress logs and the run summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub claimed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub hints: AtomicU64,
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub continued: AtomicU64,
+    pub released: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub claimed: u64,
+    pub delivered: u64,
+    pub hints: u64,
+    pub done: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub continued: u64,
+    pub released: u64,
+}
+
+impl Counters {
+    pub fn summary(&self) -> Summary {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            claimed: g(&self.claimed),
+            delivered: g(&self.delivered),
+            hints: g(&self.hints),
+            done: g(&self.done),
+            retried: g(&self.retried),
+            dead: g(&self.dead),
+            continued: g(&self.continued),
+            released: g(&self.released),
+        }
+    }
+
+    /// Counts a committed verdict.
+    fn account(&self, metrics: &Metrics, c: &Completion) {
+        metrics.record(
+            &c.sink,
+            c.outcome_label,
+            c.info
+                .as_ref()
+                .filter(|i| i.http_status.is_some() || i.error.is_some())
+                .map(|i| i.duration_us),
+            matches!(c.action, Action::Delivered { hint: Some(_), .. }),
+        );
+        let counter = match &c.action {
+            Action::Delivered { hint: Some(_), .. } => {
+                self.hints.fetch_add(1, Ordering::Relaxed);
+                &self.delivered
+            }
+            Action::Delivered { .. } => &self.delivered,
+            Action::Done { .. } => &self.done,
+            Action::Retry { .. } => &self.retried,
+            Action::Continue { .. } => &self.continued,
+            Action::Dead { .. } => &self.dead,
+            Action::Release { .. } => &self.released,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub fn default_worker_id() -> String {
+    // /proc/sys is hidden under the unit's ProcSubset=pid; /etc/hostname stays readable.
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// What the daemon around the worker plugs in.
+pub struct RunOptions {
+    pub mode: RunMode,
+    /// New, already validated configs (SIGHUP). Sinks, retry policies, concurrency and
+    /// worker timings change at once; in-flight deliveries finish on the old sinks.
+    pub reload: Option<mpsc::UnboundedReceiver<Config>>,
+    /// Called every time the loop goes round (at least every `poll_interval`): the systemd
+    /// watchdog is fed from here, so a stuck loop gets the daemon restarted.
+    pub heartbeat: Option<Box<dyn Fn() + Send>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RunOptions {
+    pub fn new(mode: RunMode) -> Self {
+        RunOptions {
+            mode,
+            reload: None,
+            heartbeat: None,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+/// Runs the worker until shutdown (or until idle, per `opts.mode`). Returns what it did.
+///
+/// One loop owns the database: each round it writes the verdicts of the deliveries that
+/// finished since the last round and claims rows for the free slots, in one transaction
+/// ([`Store::cycle`]). A slot is freed only once its row's verdict is committed, so the rows
+/// that could be delivered twice after a crash are bounded by the sinks' concurrency.
+pub async fn run(
+    config: &Config,
+    store: Store,
+    shutdown: Shutdown,
+    opts: RunOptions,
+) -> Result<Summary, WorkerError> {
+    let mut worker = Worker::new(config, store, shutdown, opts)?;
+    let pruner = tokio::spawn(housekeeping::retention_task(
+        worker.store.clone(),
+        worker.wc.retention,
+    ));
+    tracing::info!(worker = %worker.owner, backend = worker.store.backend(), sinks = ?worker.known, "outboxd worker started");
+    worker.run().await;
+    pruner.abort();
+    let s = worker.counters.summary();
+    tracing::info!(?s, "outboxd worker stopped");
+    Ok(s)
+}
+
+/// The state of one round of the loop.
+struct Round {
+    /// Shutdown was requested: no new claims, finish what is in flight.
+    stopping: bool,
+    /// The database may be tried (no failure backoff pending).
+    db_ready: bool,
+    /// Rows may be waiting that this round did not claim: come back soon.
+    more_waiting: bool,
+}
+
+/// What ended the wait at the end of a round.
+enum Woken {
+    Shutdown,
+    Finished(Joined),
+    GraceOver,
+    Reload(Config),
+    /// A timer, or another writer changed the database.
+    Timer,
+}
+
+/// The loop's state: one per running worker.
+struct Worker<'c> {
+    config: &'c Config,
+    store: Store,
+    owner: String,
+    wc: WorkerConfig,
+    lease_ms: i64,
+    mode: RunMode,
+    client: reqwest::Client,
+    slots: Vec<SinkSlot>,
+    /// The configured sinks' names.
+    known: Vec<String>,
+    /// Sinks an operator paused (re-read at each housekeeping).
+    paused: Vec<String>,
+    counters: Counters,
+    metrics: Arc<Metrics>,
+    heartbeat: Option<Box<dyn Fn() + Send>>,
+    reload: Option<mpsc::UnboundedReceiver<Config>>,
+    shutdown: Shutdown,
+    wake: Wake,
+    tasks: JoinSet<(ClaimedRow, StepOutcome)>,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    /// Verdicts waiting to be written.
+    pending: Vec<Completion>,
+    /// The slot of each pending verdict, in the same order.
+    pending_slots: Vec<usize>,
+    health: DbHealth,
+    next_db_try: Instant,
+    next_housekeeping: Instant,
+    next_progress: Instant,
+    next_idle_check: Instant,
+    last_progress: Summary,
+    grace_deadline: Option<Instant>,
+}
+
+impl<'c> Worker<'c> {
+    fn new(
+        config: &'c Config,
+        store: Store,
+        shutdown: Shutdown,
+        opts: RunOptions,
+    ) -> Result<Self, WorkerError> {
+        let wc: WorkerConfig = config.worker.clone();
+        let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
+        let pool_size = config
+            .sinks
+            .values()
+            .map(|s| s.concurrency)
+            .max()
+            .unwrap_or(8);
+        let connect_timeout = config
+            .sinks
+            .values()
+            .map(|s| s.connect_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(5));
+        let client = crate::http::client(connect_timeout, pool_size);
+        let slots = slots::build_slots(config, &client)?;
+        let known = slots.iter().map(|s| s.name.clone()).collect();
+        let now = Instant::now();
+        Ok(Worker {
+            config,
+            wake: Wake::new(store.clone(), wc.wake_interval),
+            store,
+            owner,
+            lease_ms: clock::ms(wc.lease),
+            wc,
+            mode: opts.mode,
+            client,
+            slots,
+            known,
+            paused: Vec::new(),
+            counters: Counters::default(),
+            metrics: opts.metrics,
+            heartbeat: opts.heartbeat,
+            reload: opts.reload,
+            shutdown,
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            pending: Vec::new(),
+            pending_slots: Vec::new(),
+            health: DbHealth::default(),
+            next_db_try: now,
+            next_housekeeping: now,
+            next_progress: now + Duration::from_secs(60),
+            next_idle_check: now,
+            last_progress: Summary::default(),
+            grace_deadline: None,
+        })
+    }
+
+    /// The loop, as a list of steps.
+    async fn run(&mut self) {
+        loop {
+            let mut round = self.begin_round();
+            self.housekeeping(&round).await;
+            let plan = self.plan_claims(&mut round);
+            if let Some(claimed) = self.write_and_claim(&plan, &mut round).await {
+                self.spawn_deliveries(&plan, claimed);
+            }
+            if self.maybe_stop(&round).await {
+                break;
+            }
+            self.log_progress();
+            let woken = self.wait(&round).await;
+            self.on_woken(woken).await;
+        }
+    }
+
+    /// Tells the admin listener and the watchdog that the loop goes round.
+    fn begin_round(&mut self) -> Round {
+        self.metrics.tick();
+        if let Some(beat) = &self.heartbeat {
+            beat();
+        }
+        Round {
+            stopping: self.grace_deadline.is_some(),
+            db_ready: Instant::now() >= self.next_db_try,
+            more_waiting: false,
+        }
+    }
+
+    /// Every `poll_interval`: reclaim expired leases, dead-letter rows of unknown sinks,
+    /// re-read the pauses.
+    async fn housekeeping(&mut self, round: &Round) {
+        if round.stopping || !round.db_ready || Instant::now() < self.next_housekeeping {
+            return;
+        }
+        match housekeeping::housekeep(&self.store, &self.known, now_ms(), &self.counters).await {
+            // Not proof the database is healthy again: these statements rarely write, and a
+            // full disk still answers reads. Only a cycle that records verdicts or claims
+            // rows clears a failure, so the log does not flap.
+            Ok(paused) => {
+                self.paused = paused;
+                self.next_housekeeping = Instant::now() + self.wc.poll_interval;
+            }
+            Err(e) => {
+                self.health.failed("housekeeping", &e);
+                self.next_db_try = Instant::now() + self.health.backoff();
+            }
+        }
+    }
+
+    /// Which sinks to claim for this round, and how many rows each.
+    fn plan_claims(&mut self, round: &mut Round) -> ClaimPlan {
+        if round.stopping || !round.db_ready {
+            return ClaimPlan::default();
+        }
+        let plan = slots::plan_claims(
+            &mut self.slots,
+            &self.paused,
+            &self.pending_slots,
+            self.wc.batch_size,
+            now_ms(),
+        );
+        round.more_waiting |= plan.more_waiting;
+        plan
+    }
+
+    /// The store cycle: writes the pending verdicts and claims the planned rows, in one
+    /// transaction. Returns the claimed rows, per planned claim, when it committed.
+    async fn write_and_claim(
+        &mut self,
+        plan: &ClaimPlan,
+        round: &mut Round,
+    ) -> Option<Vec<Vec<ClaimedRow>>> {
+        if !round.db_ready || (self.pending.is_empty() && plan.is_empty()) {
+            return None;
+        }
+        let now = now_ms();
+        let result = self
+            .store
+            .cycle(
+                &self.owner,
+                &self.pending,
+                &plan.claims,
+                now,
+                now + self.lease_ms,
+            )
+            .await;
+        match result {
+            Ok((lost, claimed)) => {
+                // Only a round that wrote proves the database writable again (a full disk
+                // still answers a claim that finds nothing).
+                if !self.pending.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
+                    self.health.ok();
+                }
+                if lost > 0 {
+                    tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
+                }
+                self.committed();
+                for (rows, (_, limit)) in claimed.iter().zip(&plan.claims) {
+                    if rows.len() as u32 == *limit {
+                        round.more_waiting = true;
+                    }
+                }
+                Some(claimed)
+            }
+            Err(e) => {
+                self.health.failed("recording verdicts and claiming", &e);
+                self.next_db_try = Instant::now() + self.health.backoff();
+                None
+            }
+        }
+    }
+
+    /// The pending verdicts are committed: free their slots and count them.
+    fn committed(&mut self) {
+        for (slot, c) in self.pending_slots.drain(..).zip(self.pending.drain(..)) {
+            self.slots[slot].in_flight -= 1;
+            self.counters.account(&self.metrics, &c);
+        }
+    }
+
+    /// One delivery task per claimed row.
+    fn spawn_deliveries(&mut self, plan: &ClaimPlan, claimed: Vec<Vec<ClaimedRow>>) {
+        for (i, rows) in plan.slots.iter().zip(claimed) {
+            self.counters
+                .claimed
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            let slot = &mut self.slots[*i];
+            for row in rows {
+                slot.in_flight += 1;
+                let (sink, name) = (slot.sink.clone(), slot.name.clone());
+                let (row_id, attempt) = (row.id, row.attempts);
+                let handle = self
+                    .tasks
+                    .spawn(async move { decide::deliver(row, name, &sink).await });
+                let task = InFlight {
+                    row_id,
+                    slot: *i,
+                    attempt,
+                };
+                self.in_flight.insert(handle.id(), task);
+            }
+        }
+        self.wake.mark_seen();
+    }
+
+    /// Whether the loop ends: shutdown with nothing left in flight, or (until-idle runs) an
+    /// outbox with nothing left to do.
+    async fn maybe_stop(&mut self, round: &Round) -> bool {
+        if round.stopping && self.tasks.is_empty() {
+            if self.pending.is_empty() {
+                return true;
+            }
+            if self.health.failing_longer_than(Duration::from_secs(10)) {
+                tracing::error!(rows = self.pending.len(), "giving up recording verdicts at shutdown; these rows will be delivered again after their lease expires");
+                return true;
+            }
+        }
+        if self.mode == RunMode::UntilIdle
+            && !round.stopping
+            && self.tasks.is_empty()
+            && self.pending.is_empty()
+            && !round.more_waiting
+            && !self.health.is_failing()
+            && Instant::now() >= self.next_idle_check
+        {
+            return self.outbox_is_empty().await;
+        }
+        false
+    }
+
+    /// Whether no row of a configured, unpaused, unheld sink is pending or in flight.
+    async fn outbox_is_empty(&mut self) -> bool {
+        // The status query counts the whole table: ask at most every 50ms.
+        self.next_idle_check = Instant::now() + Duration::from_millis(50);
+        let held: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| s.held.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        match self.store.stats(now_ms()).await {
+            Ok(stats) => {
+                let open: i64 = stats
+                    .iter()
+                    .filter(|s| {
+                        self.known.contains(&s.sink)
+                            && !self.paused.contains(&s.sink)
+                            && !held.contains(&s.sink.as_str())
+                    })
+                    .map(|s| s.pending + s.in_flight)
+                    .sum();
+                if open == 0 {
+                    tracing::info!("outbox is empty: every row is final");
+                    return true;
+                }
+            }
+            Err(e) => self.health.failed("status", &e),
+        }
+        false
+    }
+
+    /// Once a minute, what changed since the last progress line.
+    fn log_progress(&mut self) {
+        if Instant::now() < self.next_progress {
+            return;
+        }
+        let s = self.counters.summary();
+        let last = self.last_progress;
+        if s != last {
+            tracing::info!(
+                delivered = s.delivered - last.delivered,
+                hints = s.hints - last.hints,
+                retried = s.retried - last.retried,
+                dead = s.dead - last.dead,
+                in_flight = self.tasks.len(),
+                "progress in the last minute"
+            );
+            self.last_progress = s;
+        }
+        self.next_progress = Instant::now() + Duration::from_secs(60);
+    }
+
+    /// Waits for the next reason to go round: shutdown, finished deliveries, the end of the
+    /// shutdown grace, a reload, another writer, or a timer.
+    async fn wait(&mut self, round: &Round) -> Woken {
+        let stopping = round.stopping;
+        let idle_until = if self.health.is_failing() {
+            self.next_db_try
+        } else if (round.more_waiting && !stopping) || !self.pending.is_empty() {
+            // Work is waiting: come back as soon as something finishes.
+            Instant::now() + Duration::from_millis(1)
+        } else {
+            self.next_housekeeping
+                .max(Instant::now() + Duration::from_millis(1))
+        };
+        let grace = self.grace_deadline;
+        let has_tasks = !self.tasks.is_empty();
+        let reload = self.reload.as_mut();
+        let can_reload = reload.is_some() && !stopping;
+        tokio::select! {
+            biased;
+            _ = self.shutdown.recv(), if !stopping => Woken::Shutdown,
+            Some(joined) = self.tasks.join_next_with_id() => Woken::Finished(joined),
+            _ = async { tokio::time::sleep_until(grace.expect("guarded")).await }, if stopping && has_tasks => Woken::GraceOver,
+            Some(new_config) = async { reload.expect("guarded").recv().await }, if can_reload => Woken::Reload(new_config),
+            _ = self.wake.changed_or(idle_until), if !stopping => Woken::Timer,
+            _ = tokio::time::sleep_until(idle_until), if stopping => Woken::Timer,
+        }
+    }
+
+    async fn on_woken(&mut self, woken: Woken) {
+        match woken {
+            Woken::Shutdown => {
+                tracing::info!(in_flight = self.tasks.len(), grace = ?self.wc.shutdown_grace, "shutdown requested: no new claims, finishing in-flight deliveries");
+                self.grace_deadline = Some(Instant::now() + self.wc.shutdown_grace);
+            }
+            Woken::Finished(joined) => {
+                self.finished(joined);
+                while let Some(j) = self.tasks.try_join_next_with_id() {
+                    self.finished(j);
+                }
+            }
+            Woken::GraceOver => {
+                tracing::warn!(rows = self.tasks.len(), "shutdown grace over: abandoning in-flight deliveries; their rows are released for another attempt");
+                self.tasks.abort_all();
+                while let Some(j) = self.tasks.join_next_with_id().await {
+                    self.finished(j);
+                }
+            }
+            Woken::Reload(new_config) => self.reload(&new_config),
+            Woken::Timer => {}
+        }
+    }
+
+    /// A delivery task joined: its verdict waits to be written with the next round.
+    fn finished(&mut self, joined: Joined) {
+        if let Some((slot, c)) = finish(joined, &mut self.in_flight, &self.slots) {
+            self.pending_slots.push(slot);
+            self.pending.push(c);
+        }
+    }
+
+    /// Applies a new, already validated config (SIGHUP).
+    fn reload(&mut self, new_config: &Config) {
+        match slots::build_slots(new_config, &self.client) {
+            Ok(fresh) => {
+                if new_config.database_url != self.config.database_url {
+                    tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");
+                }
+                slots::reload_slots(&mut self.slots, fresh);
+                self.known = new_config.sinks.keys().cloned().collect();
+                self.wc = new_config.worker.clone();
+                self.lease_ms = clock::ms(self.wc.lease);
+                self.next_housekeeping = Instant::now();
+                tracing::info!(sinks = ?self.known, "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reloaded configuration rejected; keeping the previous one")
+            }
+        }
+    }
+}
