@@ -3,6 +3,7 @@
 
 mod cli;
 mod epeis;
+mod guarantees;
 mod lbbtech;
 mod ops;
 mod postgres;

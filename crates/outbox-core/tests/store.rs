@@ -217,6 +217,8 @@ store_tests!(
     ordering_keys_hold_under_concurrent_claimers,
     wake_on_new_rows,
     cycle_records_verdicts_then_claims,
+    a_live_workers_rows_are_renewed_and_never_reclaimed_from_it,
+    release_unsent_gives_back_rows_claimed_but_not_sent,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1789,4 +1791,106 @@ async fn requeue_resumes_a_flow_from_its_last_state(db: &Db) {
         Some(state),
         "the flow state came back with the row"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery guarantees of the worker loop (issue 12)
+// ---------------------------------------------------------------------------------------
+
+async fn a_live_workers_rows_are_renewed_and_never_reclaimed_from_it(db: &Db) {
+    let s = &db.store;
+    for k in ["held", "renewed", "other"] {
+        s.enqueue(&ev("pyun", k)).await.unwrap();
+    }
+    let now = now_ms();
+    let mine = s.claim("pyun", "w1", 2, now, now + 1_000).await.unwrap();
+    assert_eq!(keys(&mine), ["held", "renewed"]);
+    let theirs = s.claim("pyun", "w2", 1, now, now + 1_000).await.unwrap();
+    assert_eq!(keys(&theirs), ["other"]);
+
+    // w1 renews "renewed" (in the same transaction as a round's verdicts and claims);
+    // a renewal never shortens a lease, nor touches another worker's row.
+    let (lost, claimed) = s
+        .cycle_renewing(
+            "w1",
+            &[],
+            &[],
+            &[mine[1].id, theirs[0].id],
+            now,
+            now + 5_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((lost, claimed.len()), (0, 0));
+    assert_eq!(
+        s.renew_leases("w1", &[mine[1].id], now + 10).await.unwrap(),
+        1
+    );
+
+    // Past the original leases: w1's housekeeping reclaims w2's expired row, not the row
+    // it still holds; the renewed one is not expired at all.
+    let later = now + 2_000;
+    assert_eq!(
+        s.reclaim_expired_except(later, "w1", &[mine[0].id, mine[1].id])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(status(s, "pyun", "other").await, "pending");
+    assert_eq!(status(s, "pyun", "held").await, "in_flight");
+    assert_eq!(status(s, "pyun", "renewed").await, "in_flight");
+    // Its verdicts still apply.
+    let batch = vec![
+        completion(&mine[0], delivered()),
+        completion(&mine[1], delivered()),
+    ];
+    assert_eq!(complete(s, "w1", batch, later).await, 0);
+    assert_eq!(status(s, "pyun", "held").await, "delivered");
+    assert_eq!(status(s, "pyun", "renewed").await, "delivered");
+
+    // Another worker (or a restart under the same id, holding nothing) reclaims as before.
+    s.enqueue(&ev("pyun", "orphan")).await.unwrap();
+    let orphans = s
+        .claim("pyun", "w1", 10, later, later + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(keys(&orphans), ["other", "orphan"]);
+    let expired = later + 2_000;
+    assert_eq!(
+        s.reclaim_expired_except(expired, "w1", &[]).await.unwrap(),
+        2
+    );
+    let again = claim(s, "pyun", "w3", 10, expired).await;
+    assert_eq!(keys(&again), ["other", "orphan"]);
+    assert!(again.iter().all(|r| r.in_doubt));
+}
+
+async fn release_unsent_gives_back_rows_claimed_but_not_sent(db: &Db) {
+    let s = &db.store;
+    for k in ["sent", "unsent-1", "unsent-2", "other"] {
+        s.enqueue(&ev("pyun", k)).await.unwrap();
+    }
+    let now = now_ms();
+    let mine = claim(s, "pyun", "w1", 3, now).await;
+    let theirs = claim(s, "pyun", "w2", 1, now).await;
+    assert_eq!(keys(&mine), ["sent", "unsent-1", "unsent-2"]);
+
+    // w1 only knows it is delivering "sent" (the claim's reply was lost with the commit).
+    assert_eq!(
+        s.release_unsent("w1", &[mine[0].id], now + 5)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(status(s, "pyun", "sent").await, "in_flight");
+    assert_eq!(status(s, "pyun", "other").await, "in_flight", "{theirs:?}");
+    for k in ["unsent-1", "unsent-2"] {
+        let v = s.row("pyun", k).await.unwrap().unwrap();
+        assert_eq!(v.status, "pending");
+        assert_eq!(v.attempts, 0, "the attempt is not counted");
+    }
+    // Not in doubt: claimed again as a first attempt.
+    let again = claim(s, "pyun", "w1", 10, now + 5).await;
+    assert_eq!(keys(&again), ["unsent-1", "unsent-2"]);
+    assert!(again.iter().all(|r| !r.in_doubt && r.attempts == 1));
 }

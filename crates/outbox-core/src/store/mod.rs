@@ -399,6 +399,56 @@ impl Store {
             Store::Postgres(s) => s.close().await,
         }
     }
+
+    /// [`Store::cycle`], also renewing the leases of `renew` (rows this worker still
+    /// delivers) until `lease_until`, in the same transaction.
+    pub async fn cycle_renewing(
+        &self,
+        owner: &str,
+        batch: &[Completion],
+        claims: &[(String, u32)],
+        renew: &[i64],
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
+        match self {
+            Store::Sqlite(s) => {
+                s.cycle_renewing(owner, batch, claims, renew, now, lease_until)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.cycle_renewing(owner, batch, claims, renew, now, lease_until)
+                    .await
+            }
+        }
+    }
+
+    /// Extends the leases of `ids` still held by `owner` until `lease_until` (never
+    /// shortens one). Returns how many were renewed.
+    pub async fn renew_leases(&self, owner: &str, ids: &[i64], lease_until: i64) -> Result<u64> {
+        match self {
+            Store::Sqlite(s) => s.renew_leases(owner, ids, lease_until).await,
+            Store::Postgres(s) => s.renew_leases(owner, ids, lease_until).await,
+        }
+    }
+
+    /// Returns rows whose lease expired to pending, marked in doubt, except the rows
+    /// `owner` (a live worker) still holds (`held`).
+    pub async fn reclaim_expired_except(&self, now: i64, owner: &str, held: &[i64]) -> Result<u64> {
+        match self {
+            Store::Sqlite(s) => s.reclaim_expired_except(now, owner, held).await,
+            Store::Postgres(s) => s.reclaim_expired_except(now, owner, held).await,
+        }
+    }
+
+    /// Gives back every row leased to `owner` except `held`, due at `now`, not in doubt and
+    /// without counting the attempt: rows a failed round may have claimed but never sent.
+    pub async fn release_unsent(&self, owner: &str, held: &[i64], now: i64) -> Result<u64> {
+        match self {
+            Store::Sqlite(s) => s.release_unsent(owner, held, now).await,
+            Store::Postgres(s) => s.release_unsent(owner, held, now).await,
+        }
+    }
 }
 
 /// Compares the migrations a database has applied with those this build embeds.

@@ -863,3 +863,97 @@ impl SqliteStore {
         self.pool.close().await;
     }
 }
+
+// Delivery guarantees of the worker loop (issue 12).
+impl SqliteStore {
+    /// [`SqliteStore::cycle`], also renewing the leases of `renew` (rows this worker still
+    /// delivers) until `lease_until`, in the same transaction.
+    pub async fn cycle_renewing(
+        &self,
+        owner: &str,
+        batch: &[Completion],
+        claims: &[(String, u32)],
+        renew: &[i64],
+        now: i64,
+        lease_until: i64,
+    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let lost = if batch.is_empty() {
+            0
+        } else {
+            complete_in(&mut tx, owner, batch, now).await?
+        };
+        if !renew.is_empty() {
+            renew_in(&mut tx, owner, renew, lease_until).await?;
+        }
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (sink, limit) in claims {
+            claimed.push(claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
+        }
+        tx.commit().await?;
+        Ok((lost, claimed))
+    }
+
+    /// Extends the leases of `ids` still held by `owner` until `lease_until`.
+    pub async fn renew_leases(&self, owner: &str, ids: &[i64], lease_until: i64) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        renew_in(&mut conn, owner, ids, lease_until).await
+    }
+
+    /// [`SqliteStore::reclaim_expired`], except the rows `owner` still holds (`held`): a
+    /// live worker's own rows are never taken from it.
+    pub async fn reclaim_expired_except(&self, now: i64, owner: &str, held: &[i64]) -> Result<u64> {
+        let held = serde_json::to_string(held).expect("integers serialise");
+        let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', in_doubt = 1, next_attempt_at = ?1, \
+                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                    lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_expires_at < ?1 \
+               AND NOT (lease_owner IS ?2 AND id IN (SELECT value FROM json_each(?3)))",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(&held)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Gives back, not in doubt and without counting the attempt, every row leased to
+    /// `owner` except `held` (the rows it is delivering or has a verdict for): after a
+    /// round whose outcome is unknown, rows it may have claimed but never sent.
+    pub async fn release_unsent(&self, owner: &str, held: &[i64], now: i64) -> Result<u64> {
+        let held = serde_json::to_string(held).expect("integers serialise");
+        let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', next_attempt_at = ?3, \
+                    attempts = max(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_owner = ?1 \
+               AND id NOT IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(owner)
+        .bind(&held)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn renew_in(
+    conn: &mut sqlx::SqliteConnection,
+    owner: &str,
+    ids: &[i64],
+    lease_until: i64,
+) -> Result<u64> {
+    let ids = serde_json::to_string(ids).expect("integers serialise");
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_expires_at = max(lease_expires_at, ?3) \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight' AND lease_owner = ?2",
+    )
+    .bind(&ids)
+    .bind(owner)
+    .bind(lease_until)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -10,13 +10,17 @@ use crate::clock::{self, now_ms};
 use crate::store::{Store, StoreError};
 
 /// One housekeeping pass; logs and counts what it changed. Returns the paused sinks.
+/// `owner` holds `held`: those rows are not reclaimed.
 pub(crate) async fn housekeep(
     store: &Store,
     known: &[String],
+    (owner, held): (&str, &[i64]),
     now: i64,
     counters: &Counters,
 ) -> Result<Vec<String>, StoreError> {
-    let reclaimed = store.reclaim_expired(now).await?;
+    // The rows this live worker holds are never reclaimed from it: it renews their leases,
+    // and a stall that outlasted a lease must not cost the verdicts it holds.
+    let reclaimed = store.reclaim_expired_except(now, owner, held).await?;
     if reclaimed > 0 {
         tracing::warn!(
             rows = reclaimed,

@@ -221,8 +221,8 @@ struct Worker<'c> {
     slots: Vec<SinkSlot>,
     /// The configured sinks' names.
     known: Vec<String>,
-    /// Sinks an operator paused (re-read at each housekeeping).
-    paused: Vec<String>,
+    /// Sinks an operator paused (re-read at each housekeeping; unknown before the first).
+    paused: Option<Vec<String>>,
     counters: Counters,
     metrics: Arc<Metrics>,
     heartbeat: Option<Box<dyn Fn() + Send>>,
@@ -242,6 +242,8 @@ struct Worker<'c> {
     next_idle_check: Instant,
     last_progress: Summary,
     grace_deadline: Option<Instant>,
+    /// When the leases of the rows in flight were last renewed (the start of that round).
+    renewed_at: Instant,
 }
 
 impl<'c> Worker<'c> {
@@ -280,7 +282,8 @@ impl<'c> Worker<'c> {
             client,
             slots,
             known,
-            paused: Vec::new(),
+            paused: None,
+            renewed_at: now,
             counters: Counters::default(),
             metrics: opts.metrics,
             heartbeat: opts.heartbeat,
@@ -304,11 +307,13 @@ impl<'c> Worker<'c> {
     async fn run(&mut self) {
         loop {
             let mut round = self.begin_round();
-            self.housekeeping(&round).await;
+            // Verdicts first: a stall longer than the lease must not cost the verdicts
+            // this worker holds (housekeeping never takes its own rows either).
             let plan = self.plan_claims(&mut round);
             if let Some(claimed) = self.write_and_claim(&plan, &mut round).await {
                 self.spawn_deliveries(&plan, claimed);
             }
+            self.housekeeping(&round).await;
             if self.maybe_stop(&round).await {
                 break;
             }
@@ -331,18 +336,27 @@ impl<'c> Worker<'c> {
         }
     }
 
-    /// Every `poll_interval`: reclaim expired leases, dead-letter rows of unknown sinks,
-    /// re-read the pauses.
+    /// Every `poll_interval`: reclaim expired leases (never this worker's own rows),
+    /// dead-letter rows of unknown sinks, re-read the pauses.
     async fn housekeeping(&mut self, round: &Round) {
         if round.stopping || !round.db_ready || Instant::now() < self.next_housekeeping {
             return;
         }
-        match housekeeping::housekeep(&self.store, &self.known, now_ms(), &self.counters).await {
+        let held = self.held_ids();
+        let r = housekeeping::housekeep(
+            &self.store,
+            &self.known,
+            (&self.owner, &held),
+            now_ms(),
+            &self.counters,
+        )
+        .await;
+        match r {
             // Not proof the database is healthy again: these statements rarely write, and a
             // full disk still answers reads. Only a cycle that records verdicts or claims
             // rows clears a failure, so the log does not flap.
             Ok(paused) => {
-                self.paused = paused;
+                self.paused = Some(paused);
                 self.next_housekeeping = Instant::now() + self.wc.poll_interval;
             }
             Err(e) => {
@@ -357,9 +371,14 @@ impl<'c> Worker<'c> {
         if round.stopping || !round.db_ready {
             return ClaimPlan::default();
         }
+        let Some(paused) = &self.paused else {
+            // No claim before the first housekeeping has read the pauses.
+            round.more_waiting = true;
+            return ClaimPlan::default();
+        };
         let plan = slots::plan_claims(
             &mut self.slots,
-            &self.paused,
+            paused,
             &self.pending_slots,
             self.wc.batch_size,
             now_ms(),
@@ -375,16 +394,20 @@ impl<'c> Worker<'c> {
         plan: &ClaimPlan,
         round: &mut Round,
     ) -> Option<Vec<Vec<ClaimedRow>>> {
-        if !round.db_ready || (self.pending.is_empty() && plan.is_empty()) {
+        let renew_due = !self.in_flight.is_empty() && Instant::now() >= self.renew_at();
+        if !round.db_ready || (self.pending.is_empty() && plan.is_empty() && !renew_due) {
             return None;
         }
-        let now = now_ms();
+        // Every round renews the leases of the rows still being delivered.
+        let renew: Vec<i64> = self.in_flight.values().map(|f| f.row_id).collect();
+        let (started, now) = (Instant::now(), now_ms());
         let result = self
             .store
-            .cycle(
+            .cycle_renewing(
                 &self.owner,
                 &self.pending,
                 &plan.claims,
+                &renew,
                 now,
                 now + self.lease_ms,
             )
@@ -400,6 +423,9 @@ impl<'c> Worker<'c> {
                     tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
                 }
                 self.committed();
+                // The lease clock of this round's claims and renewals started before the
+                // transaction: a slow commit brings the next renewal forward.
+                self.renewed_at = started;
                 for (rows, (_, limit)) in claimed.iter().zip(&plan.claims) {
                     if rows.len() as u32 == *limit {
                         round.more_waiting = true;
@@ -410,9 +436,25 @@ impl<'c> Worker<'c> {
             Err(e) => {
                 self.health.failed("recording verdicts and claiming", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
+                // No housekeeping on a failing database this round.
+                round.db_ready = false;
                 None
             }
         }
+    }
+
+    /// When the leases of the rows in flight are next renewed: a quarter of the lease after
+    /// the last renewal, so two renewals can fail before a lease runs out.
+    fn renew_at(&self) -> Instant {
+        self.renewed_at + self.wc.lease / 4
+    }
+
+    /// The rows this worker holds: being delivered, or with a verdict not yet written.
+    fn held_ids(&self) -> Vec<i64> {
+        let delivering = self.in_flight.values().map(|f| f.row_id);
+        delivering
+            .chain(self.pending.iter().map(|c| c.id))
+            .collect()
     }
 
     /// The pending verdicts are committed: free their slots and count them.
@@ -489,7 +531,7 @@ impl<'c> Worker<'c> {
                     .iter()
                     .filter(|s| {
                         self.known.contains(&s.sink)
-                            && !self.paused.contains(&s.sink)
+                            && !self.paused.iter().flatten().any(|p| *p == s.sink)
                             && !held.contains(&s.sink.as_str())
                     })
                     .map(|s| s.pending + s.in_flight)
@@ -535,8 +577,11 @@ impl<'c> Worker<'c> {
             // Work is waiting: come back as soon as something finishes.
             Instant::now() + Duration::from_millis(1)
         } else {
-            self.next_housekeeping
-                .max(Instant::now() + Duration::from_millis(1))
+            let mut next = self.next_housekeeping;
+            if !self.in_flight.is_empty() && !stopping {
+                next = next.min(self.renew_at());
+            }
+            next.max(Instant::now() + Duration::from_millis(1))
         };
         let grace = self.grace_deadline;
         let has_tasks = !self.tasks.is_empty();
