@@ -7,4 +7,5 @@ mod lbbtech;
 mod ops;
 mod postgres;
 mod pyun;
+mod send;
 mod service;

@@ -172,9 +172,9 @@ fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
             "the row cannot be read as text: {problem}; fix the producer"
         ));
     }
-    let expected = sink.kind().event_type();
+    let expected = sink.event_type();
     if row.event_type != expected.as_str() {
-        return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.kind(), row.event_type));
+        return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.type_name(), row.event_type));
     }
     if row.payload.len() > MAX_PAYLOAD_BYTES {
         return Some(format!(
@@ -252,15 +252,16 @@ impl RunOptions {
     }
 }
 
-fn build_slots(config: &Config, client: &reqwest::Client) -> Result<Vec<SinkSlot>, WorkerError> {
+/// Each sink gets its own HTTP client, built from its own timeouts (and rebuilt on reload).
+fn build_slots(config: &Config) -> Result<Vec<SinkSlot>, WorkerError> {
     let mut slots = Vec::new();
     for (name, sc) in &config.sinks {
-        let sink = Sink::build(name, sc, client.clone()).map_err(WorkerError::Sink)?;
+        let sink = Sink::build(name, sc).map_err(WorkerError::Sink)?;
         slots.push(SinkSlot {
             name: name.clone(),
             sink: Arc::new(sink),
             policy: sc.retry_policy(&config.retry).clone(),
-            concurrency: sc.concurrency,
+            concurrency: sc.settings.concurrency,
             in_flight: 0,
             held: None,
         });
@@ -334,21 +335,7 @@ pub async fn run(
     } = opts;
     let mut wc: WorkerConfig = config.worker.clone();
     let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
-    let pool_size = config
-        .sinks
-        .values()
-        .map(|s| s.concurrency)
-        .max()
-        .unwrap_or(8);
-    let connect_timeout = config
-        .sinks
-        .values()
-        .map(|s| s.connect_timeout)
-        .max()
-        .unwrap_or(Duration::from_secs(5));
-    let client = crate::http::client(connect_timeout, pool_size);
-
-    let mut slots = build_slots(config, &client)?;
+    let mut slots = build_slots(config)?;
     let mut known: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
     let counters = Counters::default();
     let pruner = tokio::spawn(retention_task(store.clone(), wc.retention));
@@ -613,7 +600,7 @@ pub async fn run(
                 }
             }
             Some(new_config) = async { reload.as_mut().expect("guarded").recv().await }, if reload.is_some() && !stopping => {
-                match build_slots(&new_config, &client) {
+                match build_slots(&new_config) {
                     Ok(fresh) => {
                         if new_config.database_url != config.database_url {
                             tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");
