@@ -130,7 +130,9 @@ pub fn redirect_verdict(r: &HttpReply) -> Verdict {
 fn stored_reply(r: &HttpReply) -> String {
     let mut s = truncate(&r.body, STORED_REPLY);
     if r.cut {
-        s.push_str(&format!(" [reply over {REPLY_CAP} bytes: the rest not read]"));
+        s.push_str(&format!(
+            " [reply over {REPLY_CAP} bytes: the rest not read]"
+        ));
     }
     s
 }

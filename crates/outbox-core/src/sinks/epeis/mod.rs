@@ -14,7 +14,8 @@
 //! - **The API has no idempotency key**: a request that may have reached epeis (a timeout, a
 //!   connection closed after the body was written, a reply we cannot read) is an ambiguous
 //!   outcome, parked for an operator unless `retry_ambiguous = true`. Only a failure that
-//!   provably happened before sending (see [`SendError::NotSent`]) is retried.
+//!   provably happened before sending (see [`crate::sinks::send::SendError::NotSent`]) is
+//!   retried.
 //! - The `DYNAMIC_KEY` has a validity window (`dynamic_key_valid_until`): the sink warns a
 //!   week ahead and, once it has expired, holds its rows instead of burning their attempts.
 //!

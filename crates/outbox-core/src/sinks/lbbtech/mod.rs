@@ -22,7 +22,7 @@
 //!
 //! # The flow, one claim per step
 //!
-//! Each step is one claim of the row and one HTTP call; [`deliver`](LbbtechSink::deliver)
+//! Each step is one claim of the row and one HTTP call; [`deliver`](Platform::deliver)
 //! reads the step from the row's `flow_state` and returns [`Verdict::Continue`] with the next
 //! state and its due time. Between steps the row is `pending` and holds no lease and no
 //! worker slot, and a daemon restarted at any moment resumes from the last recorded state.
