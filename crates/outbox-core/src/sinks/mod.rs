@@ -202,3 +202,60 @@ registry! {
     Epeis => epeis::Epeis,
     Lbbtech => lbbtech::Lbbtech,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(section: &str) -> Sink {
+        std::env::set_var("OUTBOXD_TEST_REGISTRY_SECRET", "K".repeat(64));
+        let cfg: SinkConfig = toml::from_str(&format!(
+            "{section}\nsecret_env = \"OUTBOXD_TEST_REGISTRY_SECRET\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.check("s"), Vec::<String>::new());
+        Sink::build("s", &cfg).unwrap()
+    }
+
+    #[test]
+    fn the_registry_builds_every_platform_with_its_type_event_and_policy() {
+        let pyun = sink("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"");
+        assert_eq!(
+            (pyun.type_name(), pyun.event_type(), pyun.retry_ambiguous()),
+            ("pyun", EventType::ChargeEnd, true)
+        );
+        let ids = "channel_did = \"CH00000000000001\"\nregister_did = \"RG00000000000001\"\naccount_did = \"AC00000000000001\"";
+        let epeis = sink(&format!("type = \"epeis\"\nurl = \"https://x/\"\n{ids}"));
+        assert_eq!(
+            (
+                epeis.type_name(),
+                epeis.event_type(),
+                epeis.retry_ambiguous()
+            ),
+            ("epeis", EventType::Dosage, false)
+        );
+        let opted_in = sink(&format!(
+            "type = \"epeis\"\nurl = \"https://x/\"\n{ids}\nretry_ambiguous = true"
+        ));
+        assert!(opted_in.retry_ambiguous());
+        let lbb = sink("type = \"lbbtech\"\nurl = \"https://x/open\"");
+        assert_eq!(
+            (lbb.type_name(), lbb.event_type(), lbb.retry_ambiguous()),
+            ("lbbtech", EventType::ChargeStart, false)
+        );
+        assert_eq!(PlatformConfig::type_names(), ["pyun", "epeis", "lbbtech"]);
+    }
+
+    #[test]
+    fn a_key_of_another_platform_does_not_apply() {
+        let cfg: SinkConfig = toml::from_str(
+            "type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nsecret_env = \"X\"\npoll_window = \"1s\"",
+        )
+        .unwrap();
+        let problems = cfg.check("s").join("\n");
+        assert!(
+            problems.contains("sinks.s: poll_window does not apply to type = \"pyun\""),
+            "{problems}"
+        );
+    }
+}

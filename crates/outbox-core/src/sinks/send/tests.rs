@@ -226,3 +226,32 @@ async fn the_environment_proxy_is_not_used() {
         .await;
     assert_eq!(sent.result.map(|r| r.body).unwrap(), "ok");
 }
+
+/// A sink's own `proxy` is used (its client is built from its own settings).
+#[tokio::test]
+async fn the_sinks_own_proxy_is_used() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = proxy.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nproxied")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let mut s = settings("http://platform.invalid/x");
+    s.proxy = Some(format!("http://{proxy_addr}"));
+    let sent = Sender::new(&s, Secret::new("test-secret-value"))
+        .unwrap()
+        .post("http://platform.invalid/x", "text/plain", "a".into())
+        .await;
+    assert_eq!(sent.result.map(|r| r.body).unwrap(), "proxied");
+    let request = seen.await.unwrap();
+    assert!(
+        request.starts_with("POST http://platform.invalid/x"),
+        "{request}"
+    );
+}
