@@ -8,4 +8,5 @@ mod lbbtech;
 mod ops;
 mod postgres;
 mod pyun;
+mod send;
 mod service;

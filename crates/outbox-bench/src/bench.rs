@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::config::PyunCodes;
 use outbox_core::outcome::Verdict;
 use outbox_core::secret::Secret;
-use outbox_core::sinks::pyun;
+use outbox_core::sinks::pyun::{self, PyunCodes};
+use outbox_core::sinks::send::Sender;
+use outbox_core::sinks::SinkSettings;
 use outbox_core::store::{OpenOptions, Store};
 
 use crate::env::{
@@ -129,8 +130,15 @@ impl Bare {
 /// sign with a fresh timestamp) with outboxd's own HTTP client settings, and classifies the
 /// reply; no database, no queue.
 pub async fn bare_loop(sim: &Sim, n: u64, concurrency: usize, prefix: &str) -> Result<Bare> {
-    let client = outbox_core::http::client(Duration::from_secs(5), concurrency);
-    let secret = Arc::new(Secret::new(platform_sim::config::DEMO_PYUN_APP_SECRET));
+    let settings: SinkSettings = serde_json::from_value(serde_json::json!({
+        "url": sim.pyun_url(),
+        "concurrency": concurrency,
+        "timeout": "10s",
+        "connect_timeout": "5s",
+    }))?;
+    let secret = Secret::new(platform_sim::config::DEMO_PYUN_APP_SECRET);
+    let client = Sender::new(&settings, secret.clone())?;
+    let secret = Arc::new(secret);
     let url = Arc::new(sim.pyun_url());
     let next = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -163,15 +171,13 @@ pub async fn bare_loop(sim: &Sim, n: u64, concurrency: usize, prefix: &str) -> R
                     &secret,
                     now_ms(),
                 );
-                let request = client
-                    .post(url.as_str())
-                    .timeout(Duration::from_secs(10))
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
+                let sent = client
+                    .post(
+                        url.as_str(),
                         "application/x-www-form-urlencoded; charset=UTF-8",
+                        body,
                     )
-                    .body(body);
-                let sent = outbox_core::http::send(request).await;
+                    .await;
                 if let Ok(reply) = sent.result {
                     let c = pyun::classify(reply.status, reply.retry_after, &reply.body, &codes);
                     if matches!(c.verdict, Verdict::Delivered { .. }) {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
-use crate::sinks::SinkType;
+pub use crate::sinks::{SinkConfig, SinkSettings};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/outboxd/outbox.db";
 
@@ -61,7 +60,8 @@ pub struct Config {
     /// Default retry policy; a sink may override it with its own `[sinks.NAME.retry]`.
     #[serde(default)]
     pub retry: RetryPolicy,
-    #[serde(default)]
+    /// One `[sinks.NAME]` section per sink: common settings plus its platform's own keys.
+    #[serde(default, deserialize_with = "crate::sinks::deserialize_sinks")]
     pub sinks: BTreeMap<String, SinkConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -131,175 +131,6 @@ impl Default for WorkerConfig {
             worker_id: None,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
-    }
-}
-
-/// Reply-code table of a 4pyun sink. Codes not listed are retried (bounded by the retry
-/// policy), so an unexpected transient code never drops an event.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PyunCodes {
-    pub success: Vec<String>,
-    /// Final business outcomes that are not errors (no retry, no dead letter).
-    pub done: Vec<String>,
-    pub permanent: Vec<String>,
-    pub retry: Vec<String>,
-}
-
-impl Default for PyunCodes {
-    fn default() -> Self {
-        let v = |s: &[&str]| s.iter().map(|c| c.to_string()).collect();
-        PyunCodes {
-            success: v(&["200", "1001"]),
-            done: v(&["1002"]),
-            permanent: v(&["400", "401", "403", "1400", "1401"]),
-            retry: v(&["500", "503", "1500", "1503"]),
-        }
-    }
-}
-
-/// One `[sinks.NAME]` section. Fields that belong to one platform are checked against
-/// `type` by [`Config::validate`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    #[serde(rename = "type")]
-    pub kind: SinkType,
-    /// The platform endpoint; for lbbtech the API base including `/open`
-    /// (e.g. `https://center.lbbtech.com/open`), which the start, poll and verify paths hang off.
-    pub url: String,
-    /// Deliveries to this sink in flight at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Per-request timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Overrides `[retry]` for this sink (whole table).
-    #[serde(default)]
-    pub retry: Option<RetryPolicy>,
-    /// The sink's secret (4pyun app_secret, epeis DYNAMIC_KEY, lbbtech token): a file
-    /// (e.g. from systemd `LoadCredential=`) or an environment variable, never inline.
-    pub secret_file: Option<PathBuf>,
-    pub secret_env: Option<String>,
-
-    // 4pyun
-    pub app_id: Option<String>,
-    #[serde(default)]
-    pub codes: Option<PyunCodes>,
-
-    // epeis
-    pub channel_did: Option<String>,
-    pub register_did: Option<String>,
-    pub account_did: Option<String>,
-    #[serde(default)]
-    pub retryable_codes: Option<Vec<i64>>,
-    #[serde(default)]
-    pub retry_ambiguous: Option<bool>,
-    /// RFC 3339 time after which the DYNAMIC_KEY is no longer valid.
-    pub dynamic_key_valid_until: Option<String>,
-
-    // lbbtech
-    #[serde(default, with = "humantime_serde")]
-    pub poll_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub poll_window: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub verify_after: Option<Duration>,
-    pub started_statuses: Option<Vec<i64>>,
-    pub callback_url: Option<String>,
-}
-
-fn default_concurrency() -> usize {
-    32
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// Which fields each sink type accepts beyond the common ones.
-fn platform_fields(kind: SinkType) -> &'static [&'static str] {
-    match kind {
-        SinkType::Pyun => &["app_id", "codes"],
-        SinkType::Epeis => &[
-            "channel_did",
-            "register_did",
-            "account_did",
-            "retryable_codes",
-            "retry_ambiguous",
-            "dynamic_key_valid_until",
-        ],
-        SinkType::Lbbtech => &[
-            "poll_interval",
-            "poll_window",
-            "verify_after",
-            "started_statuses",
-            "callback_url",
-        ],
-    }
-}
-
-impl SinkConfig {
-    fn present_platform_fields(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut f = |name, present: bool| {
-            if present {
-                v.push(name)
-            }
-        };
-        f("app_id", self.app_id.is_some());
-        f("codes", self.codes.is_some());
-        f("channel_did", self.channel_did.is_some());
-        f("register_did", self.register_did.is_some());
-        f("account_did", self.account_did.is_some());
-        f("retryable_codes", self.retryable_codes.is_some());
-        f("retry_ambiguous", self.retry_ambiguous.is_some());
-        f(
-            "dynamic_key_valid_until",
-            self.dynamic_key_valid_until.is_some(),
-        );
-        f("poll_interval", self.poll_interval.is_some());
-        f("poll_window", self.poll_window.is_some());
-        f("verify_after", self.verify_after.is_some());
-        f("started_statuses", self.started_statuses.is_some());
-        f("callback_url", self.callback_url.is_some());
-        v
-    }
-
-    /// Reads the secret from its file or environment variable. The error names where it
-    /// looked, never the value.
-    pub fn load_secret(&self, sink: &str) -> Result<Secret, String> {
-        match (&self.secret_file, &self.secret_env) {
-            (Some(path), None) => {
-                let raw = std::fs::read_to_string(path).map_err(|e| {
-                    format!("sinks.{sink}: cannot read secret_file {}: {e}", path.display())
-                })?;
-                let v = raw.trim_end_matches(['\r', '\n']).to_string();
-                if v.trim().is_empty() {
-                    return Err(format!("sinks.{sink}: secret_file {} is empty", path.display()));
-                }
-                Ok(Secret::new(v))
-            }
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v)),
-                Ok(_) => Err(format!("sinks.{sink}: environment variable {var} (secret_env) is empty")),
-                Err(_) => Err(format!("sinks.{sink}: environment variable {var} (secret_env) is not set")),
-            },
-            (Some(_), Some(_)) => {
-                Err(format!("sinks.{sink}: set either secret_file or secret_env, not both"))
-            }
-            (None, None) => Err(format!(
-                "sinks.{sink}: no secret configured: set secret_file = \"/path\" (e.g. a systemd credential) or secret_env = \"VAR\""
-            )),
-        }
-    }
-
-    pub fn retry_policy<'a>(&'a self, default: &'a RetryPolicy) -> &'a RetryPolicy {
-        self.retry.as_ref().unwrap_or(default)
     }
 }
 
@@ -373,25 +204,8 @@ impl Config {
         if self.sinks.is_empty() {
             p.push("no [sinks.NAME] section: configure at least one sink".into());
         }
-        for (name, s) in &self.sinks {
-            let allowed = platform_fields(s.kind);
-            for f in s.present_platform_fields() {
-                if !allowed.contains(&f) {
-                    p.push(format!(
-                        "sinks.{name}: {f} does not apply to type = \"{}\"",
-                        s.kind
-                    ));
-                }
-            }
-            if let Err(e) = url::Url::parse(&s.url) {
-                p.push(format!("sinks.{name}: url {:?} is not a URL: {e}", s.url));
-            }
-            if s.concurrency == 0 {
-                p.push(format!("sinks.{name}: concurrency must be at least 1"));
-            }
-            if s.timeout.is_zero() {
-                p.push(format!("sinks.{name}: timeout must be above 0"));
-            }
+        for (name, sink) in &self.sinks {
+            let s = &sink.settings;
             // A lease shorter than a request would let a second worker take a row that is
             // still being delivered.
             if w.lease <= s.timeout + s.connect_timeout {
@@ -404,10 +218,7 @@ impl Config {
             if let Some(r) = &s.retry {
                 check_retry(&format!("sinks.{name}.retry"), r, &mut p);
             }
-            if let Err(e) = s.load_secret(name) {
-                p.push(e);
-            }
-            p.extend(crate::sinks::validate_config(name, s));
+            p.extend(sink.check(name));
         }
         p
     }
@@ -462,8 +273,8 @@ mod tests {
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.worker, WorkerConfig::default());
         let s = &c.sinks["pyun"];
-        assert_eq!(s.concurrency, 32);
-        assert_eq!(s.load_secret("pyun").unwrap().expose(), "s3cret");
+        assert_eq!(s.settings.concurrency, 32);
+        assert_eq!(s.settings.load_secret("pyun").unwrap().expose(), "s3cret");
     }
 
     #[test]
@@ -514,5 +325,71 @@ mod tests {
             err.contains("poll_interval") || err.contains("fortnight"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_reference_config_parses_and_only_lacks_its_secrets() {
+        let text = include_str!("../../../deploy/outboxd.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c.sinks.len(), 3);
+        for problem in c.validate() {
+            assert!(problem.contains("cannot read secret_file"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn sink_keys_are_split_per_platform_and_unknown_ones_named() {
+        std::env::set_var("OUTBOXD_TEST_SECRET_C", "s3cret");
+        let err = parse(
+            "[sinks.a]\ntype = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nsecret_env = \"OUTBOXD_TEST_SECRET_C\"\napp_idd = \"typo\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sinks.a") && err.contains("app_idd"), "{err}");
+        let err = parse("[sinks.a]\ntype = \"fax\"\nurl = \"https://x/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fax") && err.contains("lbbtech"), "{err}");
+        let c = parse(
+            "[sinks.a]\ntype = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nsecret_env = \"OUTBOXD_TEST_SECRET_C\"\ntimeout = \"3s\"\ncodes = { success = [\"OK\"] }\n",
+        )
+        .unwrap();
+        let a = &c.sinks["a"];
+        assert_eq!(a.settings.timeout, Duration::from_secs(3));
+        assert_eq!(a.platform.type_name(), "pyun");
+        assert_eq!(a.platform.event_type(), crate::event::EventType::ChargeEnd);
+    }
+
+    /// Issue 12 item 5: plain http only to loopback, unless the sink allows it; a proxy only
+    /// when named, and then a usable one.
+    #[test]
+    fn plain_http_is_refused_except_to_loopback_or_when_allowed() {
+        std::env::set_var("OUTBOXD_TEST_SECRET_D", "s3cret");
+        let sink = |url: &str, extra: &str| {
+            format!(
+                "[sinks.a]\ntype = \"pyun\"\nurl = \"{url}\"\napp_id = \"a\"\nsecret_env = \"OUTBOXD_TEST_SECRET_D\"\n{extra}"
+            )
+        };
+        for ok in [
+            sink("https://api.4pyun.com/x", ""),
+            sink("http://127.0.0.1:8080/x", ""),
+            sink("http://localhost/x", ""),
+            sink("http://[::1]:80/x", ""),
+            sink("http://10.0.0.5/x", "allow_plain_http = true"),
+            sink("https://x/", "proxy = \"http://10.0.0.1:3128\""),
+        ] {
+            assert!(parse(&ok).is_ok(), "{ok}: {:?}", parse(&ok).err());
+        }
+        let err = parse(&sink("http://api.4pyun.com/x", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.a: url") && err.contains("allow_plain_http"),
+            "{err}"
+        );
+        let err = parse(&sink("https://x/", "proxy = \"::nonsense\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.a: proxy"), "{err}");
     }
 }

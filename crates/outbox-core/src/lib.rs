@@ -8,7 +8,6 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod event;
-pub mod http;
 pub mod metrics;
 pub mod outcome;
 pub mod retry;

@@ -49,7 +49,7 @@ impl Verdict {
 }
 
 /// What the attempt history keeps of one step: enough to explain the verdict, never a
-/// secret (sinks scrub error texts before they get here).
+/// secret (the send path scrubs replies and error texts before they get here).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttemptInfo {
     pub started_at: i64,
@@ -59,8 +59,8 @@ pub struct AttemptInfo {
     pub http_status: Option<u16>,
     pub reply_code: Option<String>,
     pub hint: Option<String>,
-    /// The reply body, truncated; platforms do not echo our secrets in their replies, and
-    /// sinks scrub it anyway.
+    /// The reply body, scrubbed of the sink's secret and then truncated (both done once, in
+    /// `sinks/send.rs`).
     pub reply: Option<String>,
     pub error: Option<String>,
 }

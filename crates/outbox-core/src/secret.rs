@@ -25,6 +25,25 @@ impl Secret {
         }
         text.replace(&self.0, "[redacted]")
     }
+
+    /// [`Secret::scrub`] for a text that was cut short (a reply read up to a cap): a secret
+    /// cut at the end no longer matches whole, so a tail that begins the secret (4 bytes or
+    /// more) is redacted too.
+    pub fn scrub_cut(&self, text: &str) -> String {
+        let mut s = self.scrub(text);
+        let min = 4.min(self.0.len());
+        if min == 0 {
+            return s;
+        }
+        let longest = (min..self.0.len())
+            .rev()
+            .find(|&n| self.0.is_char_boundary(n) && s.ends_with(&self.0[..n]));
+        if let Some(n) = longest {
+            s.truncate(s.len() - n);
+            s.push_str("[redacted]");
+        }
+        s
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -52,5 +71,17 @@ mod tests {
             s.scrub("bad key hunter2-very-secret!"),
             "bad key [redacted]!"
         );
+    }
+
+    #[test]
+    fn a_secret_cut_at_the_end_is_scrubbed_too() {
+        let s = Secret::new("hunter2-very-secret");
+        assert_eq!(s.scrub_cut("echo: hunter2-ve"), "echo: [redacted]");
+        assert_eq!(
+            s.scrub_cut("hunter2-very-secret and hunt"),
+            "[redacted] and [redacted]"
+        );
+        assert_eq!(s.scrub_cut("ends with hu"), "ends with hu");
+        assert_eq!(s.scrub_cut("nothing here"), "nothing here");
     }
 }

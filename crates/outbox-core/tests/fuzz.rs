@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use outbox_core::config::PyunCodes;
-use outbox_core::http::{parse_retry_after, SendError};
 use outbox_core::outcome::Verdict;
 use outbox_core::sinks::lbbtech::{self, Charger, FlowState, PollState, Reply, VerifyState};
+use outbox_core::sinks::pyun::PyunCodes;
+use outbox_core::sinks::send::{parse_retry_after, SendError};
 use outbox_core::sinks::{epeis, pyun};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

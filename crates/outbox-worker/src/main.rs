@@ -48,7 +48,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 config
                     .sinks
                     .iter()
-                    .map(|(n, s)| format!("{n} ({})", s.kind))
+                    .map(|(n, s)| format!("{n} ({})", s.platform.type_name()))
                     .collect::<Vec<_>>()
                     .join(", "),
                 redact_url(cli.database_url.as_deref().unwrap_or(&config.database_url))

@@ -1,111 +1,261 @@
-//! Sinks: one per platform contract. Each sink module keeps its protocol pure (validate a
-//! payload, build a request, classify a reply) and does its I/O through [`crate::http`].
+//! Sinks: one per platform contract, each a [`Platform`] in its own folder. A platform keeps
+//! its protocol pure (validate a payload, build a request, read a reply into a verdict) and
+//! does its I/O through the one send path, [`send`].
+//!
+//! The registry at the bottom of this file is the one place that lists the platforms: adding
+//! one is a folder under `sinks/` and a line there (see `docs/ADDING-A-PLATFORM.md`).
 
 pub mod epeis;
 pub mod lbbtech;
 pub mod pyun;
+pub mod send;
+mod settings;
 
-use std::fmt;
+use std::future::Future;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::config::SinkConfig;
+pub use settings::{deserialize_sinks, SinkConfig, SinkSettings};
+
 use crate::event::{ClaimedRow, EventType};
 use crate::outcome::StepOutcome;
+use crate::secret::Secret;
+use send::Sender;
 
-/// The `type` of a `[sinks.NAME]` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkType {
-    Pyun,
-    Epeis,
-    Lbbtech,
+/// What to do with an ambiguous outcome ([`crate::outcome::Verdict::Ambiguous`]: the request
+/// may or may not have been applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// Dead-letter it for an operator: re-sending could apply it twice.
+    Park,
+    /// Retry it: the platform deduplicates (or the operator accepted duplicates).
+    Retry,
 }
 
-impl SinkType {
-    pub fn event_type(self) -> EventType {
-        match self {
-            SinkType::Pyun => EventType::ChargeEnd,
-            SinkType::Epeis => EventType::Dosage,
-            SinkType::Lbbtech => EventType::ChargeStart,
-        }
-    }
-}
+/// One platform: its event type, its config section, and how it delivers a row.
+pub trait Platform: Sized + Send + Sync + 'static {
+    /// The `type = "..."` of its `[sinks.NAME]` sections.
+    const TYPE: &'static str;
+    /// The only event type its rows may carry.
+    const EVENT_TYPE: EventType;
+    /// Its own keys of a `[sinks.NAME]` section (a struct with `deny_unknown_fields`).
+    type Config: DeserializeOwned + Clone + std::fmt::Debug + Send + Sync;
 
-impl fmt::Display for SinkType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SinkType::Pyun => "pyun",
-            SinkType::Epeis => "epeis",
-            SinkType::Lbbtech => "lbbtech",
-        })
-    }
-}
+    /// Checks beyond what parsing enforces, each problem phrased as what to change.
+    /// `secret` is given when it could be loaded (its absence is reported elsewhere).
+    fn check_config(
+        name: &str,
+        settings: &SinkSettings,
+        config: &Self::Config,
+        secret: Option<&Secret>,
+    ) -> Vec<String>;
 
-/// A configured sink, ready to deliver.
-pub enum Sink {
-    Pyun(pyun::PyunSink),
-    Epeis(epeis::EpeisSink),
-    Lbbtech(lbbtech::LbbtechSink),
-}
-
-impl Sink {
-    /// Builds a sink from its (already validated) config, loading its secret.
-    pub fn build(name: &str, cfg: &SinkConfig, client: reqwest::Client) -> Result<Sink, String> {
-        let secret = cfg.load_secret(name)?;
-        match cfg.kind {
-            SinkType::Pyun => Ok(Sink::Pyun(pyun::PyunSink::new(cfg, secret, client)?)),
-            SinkType::Epeis => Ok(Sink::Epeis(epeis::EpeisSink::new(cfg, secret, client)?)),
-            SinkType::Lbbtech => Ok(Sink::Lbbtech(lbbtech::LbbtechSink::new(
-                cfg, secret, client,
-            )?)),
-        }
-    }
-
-    pub fn kind(&self) -> SinkType {
-        match self {
-            Sink::Pyun(_) => SinkType::Pyun,
-            Sink::Epeis(_) => SinkType::Epeis,
-            Sink::Lbbtech(_) => SinkType::Lbbtech,
-        }
-    }
-
-    /// Whether an ambiguous outcome (the request may have been applied) is retried (true)
-    /// or parked for an operator. Only safe where the platform deduplicates.
-    pub fn retry_ambiguous(&self) -> bool {
-        match self {
-            Sink::Pyun(_) => true,
-            Sink::Epeis(s) => s.retry_ambiguous(),
-            Sink::Lbbtech(s) => s.retry_ambiguous(),
-        }
-    }
-
-    /// Why this sink's rows must be held right now without using attempts (e.g. an expired
-    /// credential); `None` when it can deliver. Checked by the worker before each claim.
-    pub fn hold(&self, now_ms: i64) -> Option<String> {
-        match self {
-            Sink::Pyun(_) => None,
-            Sink::Epeis(s) => s.hold(now_ms),
-            Sink::Lbbtech(s) => s.hold(now_ms),
-        }
-    }
+    /// A sink ready to deliver; `http` is its own client, holding its secret.
+    fn build(settings: &SinkSettings, config: &Self::Config, http: Sender) -> Result<Self, String>;
 
     /// Runs one delivery step for a claimed row. Never panics on bad input: a payload that
     /// cannot be delivered comes back as a permanent verdict naming the problem.
+    fn deliver(&self, row: &ClaimedRow) -> impl Future<Output = StepOutcome> + Send;
+
+    /// Why this sink's rows must be held right now without using attempts (e.g. an expired
+    /// credential); `None` when it can deliver. Checked by the worker before each claim.
+    fn hold(&self, _now_ms: i64) -> Option<String> {
+        None
+    }
+
+    /// What an ambiguous outcome leads to.
+    fn ambiguity(&self) -> Ambiguity;
+}
+
+/// A configured sink, ready to deliver.
+pub struct Sink {
+    inner: Built,
+}
+
+impl Sink {
+    /// Builds a sink from its (already validated) config: loads its secret and builds its
+    /// own HTTP client from its own timeouts.
+    pub fn build(name: &str, cfg: &SinkConfig) -> Result<Sink, String> {
+        let secret = cfg.settings.load_secret(name)?;
+        let http = Sender::new(&cfg.settings, secret).map_err(|e| format!("sinks.{name}: {e}"))?;
+        let inner = cfg
+            .platform
+            .build(&cfg.settings, http)
+            .map_err(|e| format!("sinks.{name}: {e}"))?;
+        Ok(Sink { inner })
+    }
+
+    /// The sink's `type`.
+    pub fn type_name(&self) -> &'static str {
+        self.inner.type_name()
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.inner.event_type()
+    }
+
+    /// Whether an ambiguous outcome is retried (true) or parked for an operator.
+    pub fn retry_ambiguous(&self) -> bool {
+        self.inner.ambiguity() == Ambiguity::Retry
+    }
+
+    /// See [`Platform::hold`].
+    pub fn hold(&self, now_ms: i64) -> Option<String> {
+        self.inner.hold(now_ms)
+    }
+
+    /// See [`Platform::deliver`].
     pub async fn deliver(&self, row: &ClaimedRow) -> StepOutcome {
-        match self {
-            Sink::Pyun(s) => s.deliver(row).await,
-            Sink::Epeis(s) => s.deliver(row).await,
-            Sink::Lbbtech(s) => s.deliver(row).await,
-        }
+        self.inner.deliver(row).await
     }
 }
 
-/// Platform-specific config checks (required fields and their formats).
-pub fn validate_config(name: &str, cfg: &SinkConfig) -> Vec<String> {
-    match cfg.kind {
-        SinkType::Pyun => pyun::validate_config(name, cfg),
-        SinkType::Epeis => epeis::validate_config(name, cfg),
-        SinkType::Lbbtech => lbbtech::validate_config(name, cfg),
+/// Generates [`PlatformConfig`] and the dispatch over the built platforms from one list.
+macro_rules! registry {
+    ($($variant:ident => $platform:ty),+ $(,)?) => {
+        /// The platform part of a `[sinks.NAME]` section, chosen by its `type`.
+        #[derive(Debug, Clone)]
+        pub enum PlatformConfig {
+            $($variant(<$platform as Platform>::Config)),+
+        }
+
+        enum Built {
+            $($variant($platform)),+
+        }
+
+        impl PlatformConfig {
+            /// Every platform's `type`.
+            pub fn type_names() -> &'static [&'static str] {
+                &[$(<$platform as Platform>::TYPE),+]
+            }
+
+            pub fn type_name(&self) -> &'static str {
+                match self { $(PlatformConfig::$variant(_) => <$platform as Platform>::TYPE),+ }
+            }
+
+            pub fn event_type(&self) -> EventType {
+                match self { $(PlatformConfig::$variant(_) => <$platform as Platform>::EVENT_TYPE),+ }
+            }
+
+            /// The keys of platform `type_name`, `None` for an unknown type.
+            fn keys(type_name: &str) -> Option<&'static [&'static str]> {
+                $(if type_name == <$platform as Platform>::TYPE {
+                    return Some(settings::field_names::<<$platform as Platform>::Config>());
+                })+
+                None
+            }
+
+            /// Whether `key` belongs to any platform.
+            fn any_keys(key: &str) -> bool {
+                Self::type_names()
+                    .iter()
+                    .any(|t| Self::keys(t).is_some_and(|k| k.contains(&key)))
+            }
+
+            fn parse(type_name: &str, table: toml::Table) -> Result<Self, String> {
+                $(if type_name == <$platform as Platform>::TYPE {
+                    return settings::parse_platform(table).map(PlatformConfig::$variant);
+                })+
+                Err(format!("unknown type {type_name:?}"))
+            }
+
+            fn check(&self, name: &str, s: &SinkSettings, secret: Option<&Secret>) -> Vec<String> {
+                match self {
+                    $(PlatformConfig::$variant(c) => <$platform>::check_config(name, s, c, secret)),+
+                }
+            }
+
+            fn build(&self, s: &SinkSettings, http: Sender) -> Result<Built, String> {
+                match self {
+                    $(PlatformConfig::$variant(c) => <$platform>::build(s, c, http).map(Built::$variant)),+
+                }
+            }
+        }
+
+        impl Built {
+            fn type_name(&self) -> &'static str {
+                match self { $(Built::$variant(_) => <$platform as Platform>::TYPE),+ }
+            }
+
+            fn event_type(&self) -> EventType {
+                match self { $(Built::$variant(_) => <$platform as Platform>::EVENT_TYPE),+ }
+            }
+
+            fn ambiguity(&self) -> Ambiguity {
+                match self { $(Built::$variant(p) => p.ambiguity()),+ }
+            }
+
+            fn hold(&self, now_ms: i64) -> Option<String> {
+                match self { $(Built::$variant(p) => p.hold(now_ms)),+ }
+            }
+
+            async fn deliver(&self, row: &ClaimedRow) -> StepOutcome {
+                match self { $(Built::$variant(p) => p.deliver(row).await),+ }
+            }
+        }
+    };
+}
+
+// The registry: every platform outboxd can deliver to, one line each.
+registry! {
+    Pyun => pyun::Pyun,
+    Epeis => epeis::Epeis,
+    Lbbtech => lbbtech::Lbbtech,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(section: &str) -> Sink {
+        std::env::set_var("OUTBOXD_TEST_REGISTRY_SECRET", "K".repeat(64));
+        let cfg: SinkConfig = toml::from_str(&format!(
+            "{section}\nsecret_env = \"OUTBOXD_TEST_REGISTRY_SECRET\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.check("s"), Vec::<String>::new());
+        Sink::build("s", &cfg).unwrap()
+    }
+
+    #[test]
+    fn the_registry_builds_every_platform_with_its_type_event_and_policy() {
+        let pyun = sink("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"");
+        assert_eq!(
+            (pyun.type_name(), pyun.event_type(), pyun.retry_ambiguous()),
+            ("pyun", EventType::ChargeEnd, true)
+        );
+        let ids = "channel_did = \"CH00000000000001\"\nregister_did = \"RG00000000000001\"\naccount_did = \"AC00000000000001\"";
+        let epeis = sink(&format!("type = \"epeis\"\nurl = \"https://x/\"\n{ids}"));
+        assert_eq!(
+            (
+                epeis.type_name(),
+                epeis.event_type(),
+                epeis.retry_ambiguous()
+            ),
+            ("epeis", EventType::Dosage, false)
+        );
+        let opted_in = sink(&format!(
+            "type = \"epeis\"\nurl = \"https://x/\"\n{ids}\nretry_ambiguous = true"
+        ));
+        assert!(opted_in.retry_ambiguous());
+        let lbb = sink("type = \"lbbtech\"\nurl = \"https://x/open\"");
+        assert_eq!(
+            (lbb.type_name(), lbb.event_type(), lbb.retry_ambiguous()),
+            ("lbbtech", EventType::ChargeStart, false)
+        );
+        assert_eq!(PlatformConfig::type_names(), ["pyun", "epeis", "lbbtech"]);
+    }
+
+    #[test]
+    fn a_key_of_another_platform_does_not_apply() {
+        let cfg: SinkConfig = toml::from_str(
+            "type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nsecret_env = \"X\"\npoll_window = \"1s\"",
+        )
+        .unwrap();
+        let problems = cfg.check("s").join("\n");
+        assert!(
+            problems.contains("sinks.s: poll_window does not apply to type = \"pyun\""),
+            "{problems}"
+        );
     }
 }

@@ -217,7 +217,6 @@ struct Worker<'c> {
     wc: WorkerConfig,
     lease_ms: i64,
     mode: RunMode,
-    client: reqwest::Client,
     slots: Vec<SinkSlot>,
     /// The configured sinks' names.
     known: Vec<String>,
@@ -255,20 +254,8 @@ impl<'c> Worker<'c> {
     ) -> Result<Self, WorkerError> {
         let wc: WorkerConfig = config.worker.clone();
         let owner = wc.worker_id.clone().unwrap_or_else(default_worker_id);
-        let pool_size = config
-            .sinks
-            .values()
-            .map(|s| s.concurrency)
-            .max()
-            .unwrap_or(8);
-        let connect_timeout = config
-            .sinks
-            .values()
-            .map(|s| s.connect_timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(5));
-        let client = crate::http::client(connect_timeout, pool_size);
-        let slots = slots::build_slots(config, &client)?;
+        // Each sink builds its own HTTP client from its own timeouts (and again on reload).
+        let slots = slots::build_slots(config)?;
         let known = slots.iter().map(|s| s.name.clone()).collect();
         let now = Instant::now();
         Ok(Worker {
@@ -279,7 +266,6 @@ impl<'c> Worker<'c> {
             lease_ms: clock::ms(wc.lease),
             wc,
             mode: opts.mode,
-            client,
             slots,
             known,
             paused: None,
@@ -632,7 +618,7 @@ impl<'c> Worker<'c> {
 
     /// Applies a new, already validated config (SIGHUP).
     fn reload(&mut self, new_config: &Config) {
-        match slots::build_slots(new_config, &self.client) {
+        match slots::build_slots(new_config) {
             Ok(fresh) => {
                 if new_config.database_url != self.config.database_url {
                     tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");

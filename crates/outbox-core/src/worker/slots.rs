@@ -33,18 +33,15 @@ impl ClaimPlan {
     }
 }
 
-pub(crate) fn build_slots(
-    config: &Config,
-    client: &reqwest::Client,
-) -> Result<Vec<SinkSlot>, WorkerError> {
+pub(crate) fn build_slots(config: &Config) -> Result<Vec<SinkSlot>, WorkerError> {
     let mut slots = Vec::new();
     for (name, sc) in &config.sinks {
-        let sink = Sink::build(name, sc, client.clone()).map_err(WorkerError::Sink)?;
+        let sink = Sink::build(name, sc).map_err(WorkerError::Sink)?;
         slots.push(SinkSlot {
             name: name.clone(),
             sink: Arc::new(sink),
             policy: sc.retry_policy(&config.retry).clone(),
-            concurrency: sc.concurrency,
+            concurrency: sc.settings.concurrency,
             in_flight: 0,
             held: None,
         });
