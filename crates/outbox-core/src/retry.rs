@@ -220,9 +220,8 @@ pub fn schedule_table(policy: &RetryPolicy) -> String {
     let by_median = reached(|r| r.cumulative_median);
     let by_low = reached(|r| r.cumulative_low);
     let last = rows.last().map(|r| r.attempt);
-    let shown = |a: u32| {
-        a <= 12 || a % 50 == 0 || [by_max, by_median, by_low, last].contains(&Some(a))
-    };
+    let shown =
+        |a: u32| a <= 12 || a % 50 == 0 || [by_max, by_median, by_low, last].contains(&Some(a));
 
     let mut out = String::new();
     let _ = writeln!(
@@ -426,7 +425,10 @@ mod tests {
             Decision::RetryAfter(Duration::from_secs(60))
         );
         // The same count of ordinary attempts gives up.
-        assert!(matches!(p.decide(50, Duration::ZERO, None, 0.5), Decision::GiveUp(_)));
+        assert!(matches!(
+            p.decide(50, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(_)
+        ));
         // max_age is the limit.
         assert!(matches!(
             p.decide_not_sent(50, Duration::from_secs(3590), 0.5),
@@ -475,7 +477,8 @@ mod tests {
             assert!(row.cumulative_median <= row.cumulative_max);
         }
         // Attempt 3: uniform(0, 4 s) floored at 0.1 s has mean (16 + 0.01) / 8 s.
-        let third = rows[2].cumulative_median.as_secs_f64() - rows[1].cumulative_median.as_secs_f64();
+        let third =
+            rows[2].cumulative_median.as_secs_f64() - rows[1].cumulative_median.as_secs_f64();
         assert!((third - 2.00125).abs() < 1e-6, "{third}");
         // Stops once even the shortest waits pass max_age.
         let tight = RetryPolicy {
@@ -492,7 +495,10 @@ mod tests {
     fn schedule_table_shows_the_ramp_milestones_and_summary() {
         let table = schedule_table(&RetryPolicy::default());
         assert!(table.contains("| 1 | 0.5s – 1s – 2s |"), "{table}");
-        assert!(table.contains("| 10 | 0.5s – 7m 30s – 15m 00s |"), "{table}");
+        assert!(
+            table.contains("| 10 | 0.5s – 7m 30s – 15m 00s |"),
+            "{table}"
+        );
         assert!(table.contains("| 499 |"), "{table}");
         assert!(!table.contains("| 13 |"), "{table}");
         assert!(table.contains("| … |"));
