@@ -8,6 +8,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
 pub mod retry;

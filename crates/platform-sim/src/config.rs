@@ -39,6 +39,8 @@ pub struct SimConfig {
     /// Added to the system clock, so drills can skew the platform's clock against the sender's.
     pub clock_offset_ms: i64,
     pub random: RandomFaults,
+    /// Keep only the counts of requests, not each request (benchmarks: constant memory).
+    pub count_only: bool,
 }
 
 /// Demo credentials: the public 4pyun test vector's app and secret, made-up epeis and lbbtech
@@ -63,6 +65,7 @@ impl Default for SimConfig {
             lbbtech_result_ttl: Duration::from_secs(60),
             clock_offset_ms: 0,
             random: RandomFaults::none(),
+            count_only: false,
         }
     }
 }

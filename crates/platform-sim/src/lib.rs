@@ -66,9 +66,18 @@
 //!               "865933034812510": [{"start": "drop_after"}, {"result": 62, "order": 3}]},
 //!   "random":  {"p_503": 0.1, "p_drop_before": 0.05, "p_drop_after": 0.05,
 //!               "delay_ms": [0, 300], "seed": 42},
-//!   "clock_offset_ms": -660000
+//!   "clock_offset_ms": -660000,
+//!   "wrong_secret": {"for_ms": 5000, "platforms": ["pyun"]},
+//!   "streak": {"count": 5, "status": 503, "retry_after": 2},
+//!   "refuse_connections": {"for_ms": 3000},
+//!   "credentials": {"pyun_app_secret": "rotated-secret"},
+//!   "count_only": false
 //! }
 //! ```
+//!
+//! Platform-wide trouble (a wrong secret for a while, 5xx streaks with `Retry-After`,
+//! refused connections, rotated credentials) is described in [`outage`]. Every reply carries
+//! a `Date` header by the platforms' clock (`clock_offset_ms` included).
 
 pub mod clock;
 pub mod config;
@@ -76,6 +85,7 @@ pub mod epeis;
 pub mod faults;
 pub mod form;
 pub mod lbbtech;
+pub mod outage;
 pub mod outcome;
 pub mod pyun;
 pub mod record;
@@ -92,11 +102,12 @@ use tokio::task::JoinHandle;
 
 pub use config::{BadSignMode, SimConfig};
 pub use faults::RandomFaults;
+pub use outage::{Credentials, Streak, WrongSecret};
 pub use record::{Platform, PlatformStats, RecordedRequest, Stats};
 pub use script::{Action, LbbOrder, LbbScript, SimScript, Step};
 pub use server::ServeError;
 
-use server::Shared;
+use server::{Listen, Shared};
 
 /// Binds `addr` and serves the three platforms in background tasks until
 /// [`SimHandle::shutdown`] or the handle is dropped.
@@ -175,7 +186,82 @@ impl SimHandle {
 
     /// Merges a whole script document, as `POST /_sim/script` does.
     pub fn apply_script(&self, script: SimScript) {
-        self.shared.lock().apply_script(script);
+        self.shared.apply_script(script);
+    }
+
+    /// Every credential check fails (as if the platform's secrets had been rotated) on these
+    /// platforms (empty: all), for `duration` or (`None`) until [`SimHandle::clear_wrong_secret`].
+    pub fn set_wrong_secret(&self, duration: Option<Duration>, platforms: &[Platform]) {
+        self.apply_script(SimScript {
+            wrong_secret: Some(WrongSecret {
+                duration,
+                platforms: platforms.to_vec(),
+                on: true,
+            }),
+            ..SimScript::default()
+        });
+    }
+
+    /// Credential checks pass again.
+    pub fn clear_wrong_secret(&self) {
+        self.apply_script(SimScript {
+            wrong_secret: Some(WrongSecret {
+                duration: None,
+                platforms: Vec::new(),
+                on: false,
+            }),
+            ..SimScript::default()
+        });
+    }
+
+    /// New platform credentials from now on (a rotation the sender must follow).
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.shared.lock().set_credentials(credentials);
+    }
+
+    /// The next `streak.count` requests (on its platforms) answer a bare status.
+    pub fn set_streak(&self, streak: Streak) {
+        self.shared.lock().outages.set_streak(streak);
+    }
+
+    /// Keep only request counts ([`SimHandle::stats`]), not each request: constant memory
+    /// for benchmarks. The per-key queries see only requests kept before.
+    pub fn set_count_only(&self, count_only: bool) {
+        self.shared.lock().set_count_only(count_only);
+    }
+
+    /// Closes the listening socket, so connects are refused, for `duration` or (`None`)
+    /// until [`SimHandle::accept_connections`]; open connections close once their request in
+    /// progress is answered. Returns once the socket is closed.
+    pub async fn refuse_connections(&self, duration: Option<Duration>) {
+        let closed_before = *self.shared.closed.borrow();
+        let until = duration.map(|d| tokio::time::Instant::now() + d);
+        self.shared.listen.send_replace(Listen::Refuse(until));
+        let mut closed = self.shared.closed.subscribe();
+        let done = closed.wait_for(|n| *n > closed_before);
+        let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+    }
+
+    /// Accepts connections again (same address). Returns once listening.
+    pub async fn accept_connections(&self) {
+        self.shared.listen.send_replace(Listen::Accept);
+        self.wait_accepting(Duration::from_secs(5)).await;
+    }
+
+    /// Whether the listening socket is open.
+    pub fn accepting(&self) -> bool {
+        *self.shared.listening.borrow() && *self.shared.listen.borrow() == Listen::Accept
+    }
+
+    /// Waits until the listening socket is open (a timed refusal ended). False on timeout.
+    pub async fn wait_accepting(&self, timeout: Duration) -> bool {
+        let mut listen = self.shared.listen.subscribe();
+        let mut listening = self.shared.listening.subscribe();
+        let both = async {
+            let _ = listen.wait_for(|l| *l == Listen::Accept).await;
+            let _ = listening.wait_for(|open| *open).await;
+        };
+        tokio::time::timeout(timeout, both).await.is_ok()
     }
 
     /// Replaces the random faults and reseeds their RNG.

@@ -76,6 +76,11 @@ struct Args {
     /// Skew of the platforms' clock against the system clock, in milliseconds.
     #[arg(long, env = "PLATFORM_SIM_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
     clock_offset_ms: Option<i64>,
+
+    /// Count requests without keeping each one (benchmarks: constant memory; /_sim/requests
+    /// then lists nothing, /_sim/stats counts everything).
+    #[arg(long, env = "PLATFORM_SIM_COUNT_ONLY")]
+    count_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -171,6 +176,7 @@ fn config(args: &Args) -> Result<SimConfig, CliError> {
     if let Some(offset) = args.clock_offset_ms {
         config.clock_offset_ms = offset;
     }
+    config.count_only = args.count_only;
     Ok(config)
 }
 

@@ -126,18 +126,36 @@ impl Stats {
     }
 }
 
-/// The request log with the queries tests need.
+/// The request log with the queries tests need, and running counts. In counting-only mode
+/// requests are counted, not kept: the per-key queries then see only what was kept before.
 #[derive(Debug, Default)]
 pub(crate) struct Records {
     all: Vec<RecordedRequest>,
+    stats: Stats,
+    total: usize,
+    count_only: bool,
 }
 
 impl Records {
-    /// Appends a request, numbering it; returns how many are recorded now.
+    /// Appends a request, numbering it; returns how many are recorded (or counted) now.
     pub(crate) fn push(&mut self, mut request: RecordedRequest) -> usize {
-        request.seq = self.all.len() as u64;
-        self.all.push(request);
-        self.all.len()
+        request.seq = self.total as u64;
+        self.total += 1;
+        let counts = self.stats.platform_mut(request.platform);
+        counts.requests += 1;
+        counts.applied += usize::from(request.applied);
+        counts.duplicates += usize::from(request.duplicate);
+        counts.dropped += usize::from(request.http_status.is_none());
+        *counts.replies.entry(request.outcome_label()).or_default() += 1;
+        if !self.count_only {
+            self.all.push(request);
+        }
+        self.total
+    }
+
+    /// Stop (or resume) keeping each request.
+    pub(crate) fn set_count_only(&mut self, count_only: bool) {
+        self.count_only = count_only;
     }
 
     pub(crate) fn all(&self) -> &[RecordedRequest] {
@@ -174,16 +192,7 @@ impl Records {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let mut stats = Stats::default();
-        for request in &self.all {
-            let counts = stats.platform_mut(request.platform);
-            counts.requests += 1;
-            counts.applied += usize::from(request.applied);
-            counts.duplicates += usize::from(request.duplicate);
-            counts.dropped += usize::from(request.http_status.is_none());
-            *counts.replies.entry(request.outcome_label()).or_default() += 1;
-        }
-        stats
+        self.stats.clone()
     }
 }
 
@@ -233,5 +242,26 @@ mod tests {
         assert_eq!(stats.pyun.replies["dropped"], 1);
         assert_eq!(stats.pyun.replies["200"], 2);
         assert_eq!(stats.epeis.requests, 1);
+    }
+
+    #[test]
+    fn counting_only_keeps_counts_not_requests() {
+        let mut records = Records::default();
+        records.push(request(Platform::Pyun, "A", true, Some(200)));
+        records.set_count_only(true);
+        for i in 0..1000 {
+            let n = records.push(request(Platform::Pyun, &format!("K{i}"), true, Some(200)));
+            assert_eq!(n, i + 2);
+        }
+        records.push(request(Platform::Epeis, "B", false, None));
+        assert_eq!(records.all().len(), 1);
+        let stats = records.stats();
+        assert_eq!(stats.pyun.requests, 1001);
+        assert_eq!(stats.pyun.applied, 1001);
+        assert_eq!(stats.pyun.replies["200"], 1001);
+        assert_eq!(stats.epeis.dropped, 1);
+        records.set_count_only(false);
+        records.push(request(Platform::Pyun, "C", true, Some(200)));
+        assert_eq!(records.all().last().unwrap().seq, 1002);
     }
 }

@@ -17,6 +17,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::faults::RandomFaults;
+use crate::outage::{Credentials, Refusal, Streak, WrongSecret};
 
 /// What to do with one request, after an optional delay.
 ///
@@ -459,13 +460,19 @@ fn one_or_many<'de, D: Deserializer<'de>>(
 ///   "lbbtech": {"865933034812509": {"result_after_polls": 2, "result": 1}},
 ///   "random":  {"p_503": 0.1, "p_drop_before": 0.05, "p_drop_after": 0.05,
 ///               "delay_ms": [0, 300], "seed": 42},
-///   "clock_offset_ms": 0
+///   "clock_offset_ms": 0,
+///   "wrong_secret": {"for_ms": 5000, "platforms": ["pyun"]},
+///   "streak": {"count": 5, "status": 503, "retry_after": 2},
+///   "refuse_connections": {"for_ms": 3000},
+///   "credentials": {"pyun_app_secret": "new-secret"},
+///   "count_only": false
 /// }
 /// ```
 ///
 /// Applying one appends its steps to the existing queues (`lbbtech` values may be one script
-/// or a list, one per start); `random` and `clock_offset_ms` replace the current values when
-/// present.
+/// or a list, one per start); every other field replaces the current value when present (see
+/// [`crate::outage`] for the platform-wide ones). `count_only: true` stops keeping each
+/// request (only the counts of `GET /_sim/stats` go on), for benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimScript {
@@ -475,6 +482,11 @@ pub struct SimScript {
     pub lbbtech: HashMap<String, Vec<LbbScript>>,
     pub random: Option<RandomFaults>,
     pub clock_offset_ms: Option<i64>,
+    pub wrong_secret: Option<WrongSecret>,
+    pub streak: Option<Streak>,
+    pub refuse_connections: Option<Refusal>,
+    pub credentials: Option<Credentials>,
+    pub count_only: Option<bool>,
 }
 
 /// The pending script queues of a running simulator.

@@ -4,15 +4,20 @@
 //!
 //! Dropping works by failing the hyper service: hyper then closes the connection without
 //! writing a response, which a client sees as a connection closed before the reply.
+//!
+//! Refusing connections closes the listening socket (connects are refused) and closes every
+//! open connection once its request in progress is answered; accepting again binds the same
+//! address anew. Every reply carries a `Date` header by the platforms' (skewed) clock.
 
 use std::error::Error as StdError;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONTENT_TYPE, DATE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,12 +28,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::clock::system_now_ms;
+use crate::clock::{http_date, system_now_ms};
 use crate::config::SimConfig;
 use crate::epeis;
 use crate::faults::RandomFaults;
 use crate::form::Form;
 use crate::lbbtech::{self, Call, Lbb};
+use crate::outage::{Credentials, Outages};
 use crate::outcome::Outcome;
 use crate::pyun;
 use crate::record::{Platform, RecordedRequest, Records};
@@ -61,11 +67,14 @@ pub(crate) struct State {
     epeis: epeis::Ledger,
     lbb: Lbb,
     pub(crate) records: Records,
+    pub(crate) outages: Outages,
 }
 
 impl State {
     pub(crate) fn new(config: SimConfig) -> Self {
         let fault_rng = fault_rng(&config.random);
+        let mut records = Records::default();
+        records.set_count_only(config.count_only);
         State {
             config,
             scripts: Scripts::default(),
@@ -73,7 +82,8 @@ impl State {
             pyun: pyun::Ledger::default(),
             epeis: epeis::Ledger::default(),
             lbb: Lbb::default(),
-            records: Records::default(),
+            records,
+            outages: Outages::default(),
         }
     }
 
@@ -98,6 +108,43 @@ impl State {
         if let Some(offset) = script.clock_offset_ms {
             self.config.clock_offset_ms = offset;
         }
+        if let Some(wrong) = script.wrong_secret {
+            self.outages.set_wrong_secret(wrong, Instant::now());
+        }
+        if let Some(streak) = script.streak {
+            self.outages.set_streak(streak);
+        }
+        if let Some(credentials) = script.credentials {
+            self.set_credentials(credentials);
+        }
+        if let Some(count_only) = script.count_only {
+            self.set_count_only(count_only);
+        }
+    }
+
+    pub(crate) fn set_credentials(&mut self, credentials: Credentials) {
+        let Credentials {
+            pyun_app_secret,
+            epeis_channel_did,
+            epeis_dynamic_key,
+            lbbtech_token,
+        } = credentials;
+        let config = &mut self.config;
+        for (new, old) in [
+            (pyun_app_secret, &mut config.pyun_app_secret),
+            (epeis_channel_did, &mut config.epeis_channel_did),
+            (epeis_dynamic_key, &mut config.epeis_dynamic_key),
+            (lbbtech_token, &mut config.lbbtech_token),
+        ] {
+            if let Some(new) = new {
+                *old = new;
+            }
+        }
+    }
+
+    pub(crate) fn set_count_only(&mut self, count_only: bool) {
+        self.config.count_only = count_only;
+        self.records.set_count_only(count_only);
     }
 
     /// The platforms' clock: system time plus the configured skew.
@@ -113,12 +160,26 @@ fn fault_rng(faults: &RandomFaults) -> StdRng {
     }
 }
 
+/// Whether the server should accept connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listen {
+    Accept,
+    /// Refuse until then (`None`: until told).
+    Refuse(Option<tokio::time::Instant>),
+}
+
 /// State shared by the handle and every connection.
 pub(crate) struct Shared {
     state: Mutex<State>,
     /// How many requests are recorded; watched by `wait_for_requests`.
     pub(crate) recorded: watch::Sender<usize>,
     pub(crate) base_url: String,
+    /// What is asked: accept or refuse connections.
+    pub(crate) listen: watch::Sender<Listen>,
+    /// What is done: the listening socket is open.
+    pub(crate) listening: watch::Sender<bool>,
+    /// How many times the listening socket was closed.
+    pub(crate) closed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -127,6 +188,19 @@ impl Shared {
             state: Mutex::new(State::new(config)),
             recorded: watch::Sender::new(0),
             base_url,
+            listen: watch::Sender::new(Listen::Accept),
+            listening: watch::Sender::new(true),
+            closed: watch::Sender::new(0),
+        }
+    }
+
+    /// Applies a script document; a refusal in it starts after the rest is applied.
+    pub(crate) fn apply_script(&self, mut script: SimScript) {
+        let refusal = script.refuse_connections.take();
+        self.lock().apply_script(script);
+        if let Some(refusal) = refusal {
+            let until = tokio::time::Instant::now() + Duration::from_millis(refusal.for_ms);
+            self.listen.send_replace(Listen::Refuse(Some(until)));
         }
     }
 
@@ -138,15 +212,51 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then drops them all.
+/// Accepts connections until `shutdown` turns true, then drops them all; closes and reopens
+/// the listening socket as [`Shared::listen`] asks.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let mut listen = shared.listen.subscribe();
+    // Connections started before a refusal close when this changes.
+    let (generation, _) = watch::channel(0u64);
+    let mut listener = listener;
+    loop {
+        if !accept(&listener, &shared, &mut shutdown, &mut listen, &generation).await {
+            break;
+        }
+        drop(listener);
+        shared.listening.send_replace(false);
+        shared.closed.send_modify(|n| *n += 1);
+        generation.send_modify(|g| *g += 1);
+        if !refusal_ends(&shared, &mut shutdown, &mut listen).await {
+            break;
+        }
+        let Some(rebound) = rebind(addr, &mut shutdown).await else {
+            break;
+        };
+        listener = rebound;
+        shared.listening.send_replace(true);
+    }
+}
+
+/// Accepts until shutdown (false) or a refusal (true).
+async fn accept(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    listen: &mut watch::Receiver<Listen>,
+    generation: &watch::Sender<u64>,
+) -> bool {
     loop {
         let stream = tokio::select! {
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(shutdown) => return false,
+            _ = refused(listen) => return true,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(_) => {
@@ -158,15 +268,75 @@ pub(crate) async fn serve(
         };
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
+        let mut generation = generation.subscribe();
         tokio::spawn(async move {
             let service = service_fn(move |request| handle(shared.clone(), request));
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
             tokio::select! {
                 // The error is the fault step's own drop, or the client going away.
+                _ = connection.as_mut() => return,
+                _ = stopped(&mut shutdown) => return,
+                _ = generation.changed() => {}
+            }
+            // Refusing: answer the request in progress, if any, then close.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
                 _ = connection => {}
                 _ = stopped(&mut shutdown) => {}
             }
         });
+    }
+}
+
+/// Resolves once connections are to be refused.
+async fn refused(listen: &mut watch::Receiver<Listen>) {
+    let _ = listen.wait_for(|l| *l != Listen::Accept).await;
+}
+
+/// Waits until the refusal ends (true) or shutdown (false).
+async fn refusal_ends(
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+    listen: &mut watch::Receiver<Listen>,
+) -> bool {
+    loop {
+        let current = *listen.borrow_and_update();
+        let Listen::Refuse(until) = current else {
+            return true;
+        };
+        let deadline = async {
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stopped(shutdown) => return false,
+            changed = listen.changed() => if changed.is_err() { return false },
+            _ = deadline => {
+                shared.listen.send_if_modified(|l| {
+                    let expired = *l == current;
+                    if expired {
+                        *l = Listen::Accept;
+                    }
+                    expired
+                });
+            }
+        }
+    }
+}
+
+/// Binds `addr` again (the port may take a moment to be free), or gives up on shutdown.
+async fn rebind(addr: SocketAddr, shutdown: &mut watch::Receiver<bool>) -> Option<TcpListener> {
+    loop {
+        if let Ok(listener) = TcpListener::bind(addr).await {
+            return Some(listener);
+        }
+        tokio::select! {
+            _ = stopped(shutdown) => return None,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
     }
 }
 
@@ -206,6 +376,15 @@ impl Route {
 }
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Reply, ServeError> {
+    let mut reply = respond(&shared, request).await?;
+    // By the platforms' clock, so a client can see how far off its own is.
+    if let Ok(date) = HeaderValue::from_str(&http_date(shared.lock().now_ms())) {
+        reply.headers_mut().insert(DATE, date);
+    }
+    Ok(reply)
+}
+
+async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Result<Reply, ServeError> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, MAX_BODY_BYTES)
         .collect()
@@ -214,7 +393,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Reply
         .to_bytes();
     let path = parts.uri.path();
     if let Some(control) = path.strip_prefix("/_sim/") {
-        return Ok(control_api(&shared, &parts.method, control, &body));
+        return Ok(control_api(shared, &parts.method, control, &body));
     }
     let Some(route) = route(path) else {
         return Ok(text(StatusCode::NOT_FOUND, "no such platform endpoint"));
@@ -234,7 +413,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Reply
         content_type,
         body: &body,
     };
-    let (delay, delivery) = decide(&shared, &request);
+    let (delay, delivery) = decide(shared, &request);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -273,22 +452,35 @@ fn decide(shared: &Shared, request: &PlatformRequest<'_>) -> (Option<Duration>, 
         _ => form.to_json(),
     };
 
+    // A streak (a gateway in front of the platform) comes first and consumes no script.
+    let platform = request.route.platform();
+    let streak_step = state.outages.next_streak(platform);
+    let scripted = streak_step.is_none();
     // The key, the scripted step and, for an lbbtech start, its script.
     let mut lbb_script = None;
     let (key, scripted_step, covered) = match request.route {
         Route::Pyun => {
             let key = form.get("replenish_order").map(str::to_owned);
-            let step = key.as_deref().and_then(|k| state.scripts.next_pyun(k));
+            let step = key
+                .as_deref()
+                .filter(|_| scripted)
+                .and_then(|k| state.scripts.next_pyun(k));
             (key, step, false)
         }
         Route::Epeis => {
             let key = epeis::key(&body_json);
-            let step = key.as_deref().and_then(|k| state.scripts.next_epeis(k));
+            let step = key
+                .as_deref()
+                .filter(|_| scripted)
+                .and_then(|k| state.scripts.next_epeis(k));
             (key, step, false)
         }
         Route::Lbbtech(Call::Start) => {
             let key = form.get("simId").map(str::to_owned);
-            let script = key.as_deref().and_then(|k| state.scripts.next_lbbtech(k));
+            let script = key
+                .as_deref()
+                .filter(|_| scripted)
+                .and_then(|k| state.scripts.next_lbbtech(k));
             let step = script.as_ref().map(|s| s.start.clone());
             lbb_script = script;
             (key, step, false)
@@ -298,32 +490,40 @@ fn decide(shared: &Shared, request: &PlatformRequest<'_>) -> (Option<Duration>, 
             (key, None, covered)
         }
     };
-    let from_script = scripted_step.is_some();
-    let step = match scripted_step {
-        Some(step) => Some(step),
-        None if covered => None,
-        None => state.config.random.draw(&mut state.fault_rng),
+    let from_script = scripted_step.is_some() || streak_step.is_some();
+    let step = match (streak_step, scripted_step) {
+        (Some(step), _) | (None, Some(step)) => Some(step),
+        (None, None) if covered => None,
+        (None, None) => state.config.random.draw(&mut state.fault_rng),
     };
     let action = step.as_ref().map_or(&Action::Ok, |s| &s.action);
 
     let seqno = format!("{:016x}", rand::rng().random::<u64>());
     let normal = |state: &mut State| -> Outcome {
         let now_ms = state.now_ms();
+        // A wrong secret: the platform checks against credentials the sender does not have.
+        let rotated;
+        let config = if state.outages.wrong_secret(platform, Instant::now()) {
+            rotated = wrong_credentials(&state.config);
+            &rotated
+        } else {
+            &state.config
+        };
         match request.route {
-            Route::Pyun => state.pyun.handle(&state.config, &form, now_ms, &seqno),
+            Route::Pyun => state.pyun.handle(config, &form, now_ms, &seqno),
             Route::Epeis => state
                 .epeis
-                .handle(&state.config, request.content_type, request.body),
+                .handle(config, request.content_type, request.body),
             Route::Lbbtech(Call::Start) => state.lbb.start(
-                &state.config,
+                config,
                 &form,
                 lbb_script.as_ref(),
                 &shared.base_url,
                 Instant::now(),
                 now_ms,
             ),
-            Route::Lbbtech(Call::Result) => state.lbb.poll(&state.config, &form, Instant::now()),
-            Route::Lbbtech(Call::Order) => state.lbb.order_detail(&state.config, &form),
+            Route::Lbbtech(Call::Result) => state.lbb.poll(config, &form, Instant::now()),
+            Route::Lbbtech(Call::Order) => state.lbb.order_detail(config, &form),
         }
     };
 
@@ -376,6 +576,19 @@ fn decide(shared: &Shared, request: &PlatformRequest<'_>) -> (Option<Duration>, 
     (step.and_then(|s| s.delay), delivery)
 }
 
+/// The configuration with every credential changed, so every credential check fails.
+fn wrong_credentials(config: &SimConfig) -> SimConfig {
+    let mut wrong = config.clone();
+    for secret in [
+        &mut wrong.pyun_app_secret,
+        &mut wrong.epeis_dynamic_key,
+        &mut wrong.lbbtech_token,
+    ] {
+        secret.push_str("-rotated");
+    }
+    wrong
+}
+
 /// A scripted error reply in the platform's own shape.
 fn scripted_reply(
     route: Route,
@@ -395,7 +608,7 @@ fn control_api(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Rep
     match (method, path) {
         (&Method::POST, "script") => match serde_json::from_slice::<SimScript>(body) {
             Ok(script) => {
-                shared.lock().apply_script(script);
+                shared.apply_script(script);
                 json(&serde_json::json!({"ok": true}))
             }
             Err(e) => with_type(

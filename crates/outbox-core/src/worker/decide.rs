@@ -240,7 +240,7 @@ mod tests {
         )
         .unwrap();
         let sc = &config.sinks["pyun"];
-        let sink = Sink::build("pyun", sc, reqwest::Client::new()).unwrap();
+        let sink = Sink::build("pyun", sc).unwrap();
         (sink, sc.retry_policy(&config.retry).clone())
     }
 

@@ -80,3 +80,35 @@ async fn binary_announces_serves_scripts_and_stops_on_sigterm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn binary_count_only_flag_keeps_counts_not_requests() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_platform-sim"))
+        .args(["--listen", "127.0.0.1:0", "--count-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = http::form([("replenish_order", "BIN-2")]);
+    let reply = http::post(addr, platform_sim::pyun::PATH, http::FORM, &body)
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["code"], "400");
+    let stats = http::get(addr, "/_sim/stats").await.unwrap().json();
+    assert_eq!(stats["pyun"]["requests"], 1);
+    let requests = http::get(addr, "/_sim/requests").await.unwrap().json();
+    assert_eq!(requests, serde_json::json!([]));
+    child.kill().await.unwrap();
+}

@@ -25,7 +25,7 @@ pub fn body(aid: &str) -> Value {
     })
 }
 
-async fn send(sim: &SimHandle, body: &Value) -> std::io::Result<http::Reply> {
+pub async fn send(sim: &SimHandle, body: &Value) -> std::io::Result<http::Reply> {
     http::post(
         sim.addr(),
         platform_sim::epeis::PATH,

@@ -15,7 +15,7 @@ async fn call(sim: &SimHandle, api: &str, fields: &[(&str, &str)]) -> std::io::R
     http::post(sim.addr(), &format!("/open/{api}"), FORM, &body).await
 }
 
-async fn start(sim: &SimHandle, sim_id: &str) -> std::io::Result<http::Reply> {
+pub async fn start(sim: &SimHandle, sim_id: &str) -> std::io::Result<http::Reply> {
     call(
         sim,
         "newPriceStandardCharge",

@@ -6,4 +6,5 @@ mod control;
 mod epeis;
 mod http;
 mod lbbtech;
+mod outage;
 mod pyun;
