@@ -17,8 +17,8 @@ use outbox_core::sinks::pyun;
 use outbox_core::store::{OpenOptions, Store};
 
 use crate::env::{
-    fail, now_ms, pyun_payload, pyun_sink, quantile, self_cpu_secs, status_kb, thousands, Config,
-    Daemon, Db, Pg, PgCpu, Pool, Result, Sim, Table, Work,
+    fail, now_ms, pyun_payload, pyun_sink, quantile, self_cpu_secs, status_kb, thousands, Bulk,
+    Config, Daemon, Db, Pg, PgCpu, Pool, Result, Sim, Table, Work,
 };
 
 /// What every scenario runs with.

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::bench::Ctx;
 use crate::env::{
-    epeis_sink, fail, lbbtech_sink, now_ms, pyun_payload, pyun_sink, tail, thousands, Config,
+    epeis_sink, fail, lbbtech_sink, now_ms, pyun_payload, pyun_sink, tail, thousands, Bulk, Config,
     Daemon, Db, Pool, Result, Sim, Table,
 };
 
@@ -464,6 +464,7 @@ pub async fn faults(ctx: &Ctx, rows: u64) -> Result<Outcome> {
                 ],
             ),
         ],
+        ..Config::default()
     };
     let t0 = Instant::now();
     let mut d = Daemon::spawn(&ctx.work, "faults-outboxd", &db.url, &config, true)?;
