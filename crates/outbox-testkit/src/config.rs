@@ -108,3 +108,54 @@ pub fn epeis_sink(name: &str, url: &str, secret: SecretRef, extra: &[&str]) -> S
 pub fn lbbtech_sink(name: &str, url: &str, secret: SecretRef, extra: &[&str]) -> String {
     section(name, "lbbtech", url, &[secret.line()], extra)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_config_is_toml_with_each_sink_section() {
+        let secret = Path::new("/run/secrets/pyun");
+        let config = Config {
+            log_level: Some("warn".into()),
+            admin_listen: "127.0.0.1:0".into(),
+            worker: vec!["lease = \"5s\"".into()],
+            retry: vec!["max_attempts = 5".into()],
+            sinks: vec![
+                pyun_sink(
+                    "a",
+                    "http://h/p",
+                    SecretRef::File(secret),
+                    &["concurrency = 4"],
+                ),
+                epeis_sink("b", "http://h/e", SecretRef::Env("KEY"), &[]),
+                lbbtech_sink("c", "http://h/open", SecretRef::Env("TOKEN"), &[]),
+            ],
+        };
+        let v: toml::Table = config.render("sqlite:///x.db").parse().unwrap();
+        assert_eq!(v["database_url"].as_str(), Some("sqlite:///x.db"));
+        assert_eq!(v["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(v["worker"]["lease"].as_str(), Some("5s"));
+        let sinks = v["sinks"].as_table().unwrap();
+        assert_eq!(sinks["a"]["type"].as_str(), Some("pyun"));
+        assert_eq!(
+            sinks["a"]["secret_file"].as_str(),
+            Some("/run/secrets/pyun")
+        );
+        assert_eq!(sinks["a"]["concurrency"].as_integer(), Some(4));
+        assert_eq!(
+            sinks["a"]["app_id"].as_str(),
+            Some(platform_sim::config::DEMO_PYUN_APP_ID)
+        );
+        assert_eq!(sinks["b"]["type"].as_str(), Some("epeis"));
+        assert_eq!(sinks["b"]["secret_env"].as_str(), Some("KEY"));
+        assert_eq!(sinks["c"]["url"].as_str(), Some("http://h/open"));
+    }
+
+    #[test]
+    fn no_admin_listener_by_default() {
+        let v: toml::Table = Config::default().render("sqlite:///x.db").parse().unwrap();
+        assert_eq!(v["admin"]["listen"].as_str(), Some(""));
+        assert!(v.get("sinks").is_none());
+    }
+}

@@ -136,3 +136,54 @@ pub fn set_mode(p: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_until_returns_once_the_condition_holds() {
+        let calls = std::cell::Cell::new(0);
+        wait_until(
+            "three calls",
+            Duration::from_secs(5),
+            Duration::ZERO,
+            || async {
+                calls.set(calls.get() + 1);
+                Ok(calls.get() == 3)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn wait_until_names_what_it_waited_for_after_the_timeout() {
+        let err = wait_until(
+            "the moon",
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            || async { Ok(false) },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().starts_with("the moon: not within"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_until_stops_at_the_first_error() {
+        let err = wait_until("x", Duration::from_secs(5), Duration::ZERO, || async {
+            fail::<bool>("broken")
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "broken");
+    }
+
+    #[test]
+    fn a_missing_binary_names_the_build_command() {
+        let err = bin("no-such-binary").unwrap_err().to_string();
+        assert!(err.contains("cargo build --workspace --bins"), "{err}");
+    }
+}
