@@ -63,7 +63,7 @@ impl Env {
     }
 
     async fn with_url(dir: tempfile::TempDir, db_url: String) -> Env {
-        outbox_testkit::migrate(&db_url).unwrap_or_else(|e| panic!("{e}"));
+        migrate(&db_url);
         let sim = platform_sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
             .await
             .expect("starting the simulator");
