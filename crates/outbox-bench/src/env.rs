@@ -305,6 +305,14 @@ impl Daemon {
         )
     }
 
+    /// Starts `outboxd run` (see [`Daemon::spawn`]) and waits until its worker is up.
+    pub async fn start(work: &Work, name: &str, db_url: &str, config: &Config) -> Result<Proc> {
+        let mut d = Self::spawn(work, name, db_url, config, false)?;
+        d.wait_for_log("outboxd worker started", Duration::from_secs(10))
+            .await?;
+        Ok(d)
+    }
+
     /// Runs `outboxd` with an operator command (`dead requeue ...`), returning stdout.
     pub fn cli(work: &Work, db_url: &str, config: &Config, args: &[&str]) -> Result<String> {
         let path = work.dir.join("cli.toml");
