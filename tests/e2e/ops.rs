@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +16,8 @@ use std::time::Duration;
 use outbox_core::clock::now_ms;
 use outbox_core::event::{EventType, NewEvent};
 use outbox_core::store::{SinkStats, Store};
-use outboxd_e2e::{bin, charge_end, Env};
-use platform_sim::{Platform, SimConfig, Step};
+use outboxd_e2e::{charge_end, migrate, Env, PgCluster};
+use platform_sim::{Platform, Step};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
@@ -913,7 +913,7 @@ async fn postgres_healthz_fails_while_the_database_is_unreachable() {
         return;
     };
     // A cluster of its own to stop: the shared one serves the other tests.
-    let cluster = Cluster::start();
+    let cluster = PgCluster::start();
     migrate(&cluster.url);
     env.db_url = cluster.url.clone();
     env.write_config("");
@@ -976,7 +976,7 @@ enum Outage {
         shm: PathBuf,
         holder: Option<tokio::process::Child>,
     },
-    PostgresDown(Cluster),
+    PostgresDown(PgCluster),
 }
 
 impl Outage {
@@ -1006,7 +1006,7 @@ impl Outage {
                 assert_eq!(line.trim(), "locked");
                 *holder = Some(child);
             }
-            Outage::PostgresDown(c) => c.run("down"),
+            Outage::PostgresDown(c) => c.down(),
         }
     }
 
@@ -1016,84 +1016,9 @@ impl Outage {
                 let mut child = holder.take().expect("begun");
                 child.kill().await.unwrap();
             }
-            Outage::PostgresDown(c) => c.run("start"),
+            Outage::PostgresDown(c) => c.up(),
         }
     }
-}
-
-/// A throwaway Postgres cluster (scripts/pg-cluster.sh), removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    url: String,
-}
-
-impl Cluster {
-    /// Its port is picked below the kernel's ephemeral range (32768 and up on Linux):
-    /// pg-cluster.sh's default (55432 and up) lies inside it, and any outgoing connection
-    /// can take such a port between `initdb` and the server's start, or while it is down.
-    fn start() -> Cluster {
-        let seed = u64::from(std::process::id()) * 7919 + now_ms() as u64;
-        for attempt in 0..5u64 {
-            let port = 20_000 + (seed + attempt * 1_009) % 10_000;
-            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_err() {
-                continue;
-            }
-            // Not under a 0700 temp dir: the server runs as `postgres` when the tests run
-            // as root, and must reach the directory.
-            let dir =
-                std::env::temp_dir().join(format!("outboxd-e2e-pg-{}-{port}", std::process::id()));
-            match pg_cluster("start", &dir, Some(port)) {
-                Ok(url) => return Cluster { dir, url },
-                Err(e) if e.contains("in use") || e.contains("taken") => {
-                    let _ = pg_cluster("stop", &dir, None);
-                }
-                Err(e) => panic!("pg-cluster.sh start failed: {e}"),
-            }
-        }
-        panic!("no free port for a test cluster after 5 tries");
-    }
-
-    fn run(&self, cmd: &str) {
-        if let Err(e) = pg_cluster(cmd, &self.dir, None) {
-            panic!("pg-cluster.sh {cmd} failed: {e}");
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = pg_cluster("stop", &self.dir, None);
-    }
-}
-
-/// Runs scripts/pg-cluster.sh: its stdout, or its stderr on failure.
-fn pg_cluster(cmd: &str, dir: &Path, port: Option<u64>) -> Result<String, String> {
-    let mut c = std::process::Command::new("bash");
-    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-cluster.sh"))
-        .arg(cmd)
-        .arg(dir);
-    if let Some(p) = port {
-        c.env("PG_PORT", p.to_string());
-    }
-    let out = c.output().expect("running scripts/pg-cluster.sh");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn migrate(url: &str) {
-    let out = std::process::Command::new(bin("outbox-migrate"))
-        .arg("--database-url")
-        .arg(url)
-        .output()
-        .expect("running outbox-migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1204,20 +1129,7 @@ impl Drop for Daemon {
 /// A second 4pyun sink on the same simulator (keys never overlap across tests' sinks), with
 /// its retries `retry_after` apart if given.
 fn extra_pyun_sink(env: &Env, name: &str, retry_after: Option<&str>) -> String {
-    let mut s = format!(
-        r#"
-[sinks.{name}]
-type = "pyun"
-url = "{url}"
-app_id = "{app_id}"
-secret_env = "TEST_PYUN_SECRET"
-timeout = "1s"
-connect_timeout = "1s"
-concurrency = 4
-"#,
-        url = env.sim.pyun_url(),
-        app_id = SimConfig::default().pyun_app_id,
-    );
+    let mut s = env.pyun_sink(name, &["concurrency = 4"]);
     if let Some(d) = retry_after {
         s.push_str(&format!(
             "\n[sinks.{name}.retry]\nbase = \"{d}\"\nfloor = \"{d}\"\ncap = \"{d}\"\nmax_attempts = 5\nmax_age = \"48h\"\n"

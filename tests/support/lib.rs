@@ -1,6 +1,8 @@
-//! Shared harness of the end-to-end tests: a temp directory with a real SQLite file (or a
-//! database on the test Postgres cluster), the platform simulator on loopback, and the real
-//! `outboxd` / `outbox-migrate` binaries run as separate processes.
+//! The end-to-end tests' side of `outbox-testkit` (the harness they share with
+//! `outbox-bench`): a temp directory with a real SQLite file (or a database on the test
+//! Postgres server), the platform simulator on loopback, and the real `outboxd` /
+//! `outbox-migrate` binaries run as separate processes. Failures here panic: they are the
+//! test's failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -8,28 +10,22 @@ use std::time::Duration;
 
 use outbox_core::event::{EventType, NewEvent};
 use outbox_core::store::{OpenOptions, Store};
+use outbox_testkit::{Config, SecretRef};
 use platform_sim::{SimConfig, SimHandle};
 
 /// Secret values the tests hand to outboxd; they must never show up in its output or DB.
-pub const PYUN_SECRET: &str = platform_sim::config::DEMO_PYUN_APP_SECRET;
-pub const EPEIS_DYNAMIC_KEY: &str = platform_sim::config::DEMO_EPEIS_DYNAMIC_KEY;
-pub const LBBTECH_TOKEN: &str = platform_sim::config::DEMO_LBBTECH_TOKEN;
+pub use outbox_testkit::{EPEIS_DYNAMIC_KEY, LBBTECH_TOKEN, PYUN_SECRET};
+
+/// The environment variables `Env::outboxd` passes the secrets in (`secret_env` of the
+/// sink sections).
+pub const PYUN_SECRET_ENV: &str = "TEST_PYUN_SECRET";
+pub const EPEIS_KEY_ENV: &str = "TEST_EPEIS_KEY";
+pub const LBBTECH_TOKEN_ENV: &str = "TEST_LBBTECH_TOKEN";
 
 /// A built binary of the workspace. `cargo test` builds the test's own package only, so the
 /// scripts build every binary first (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test executable path");
-    dir.pop(); // deps/
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
+    outbox_testkit::bin(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub struct Env {
@@ -50,51 +46,24 @@ impl Env {
     /// A fresh database on the test Postgres cluster (`OUTBOX_TEST_PG_URL`); `None` outside
     /// CI when no cluster is configured. In CI a missing cluster is a failure, never a skip.
     pub async fn postgres() -> Option<Env> {
-        let base = match std::env::var("OUTBOX_TEST_PG_URL") {
-            Ok(u) => u,
-            Err(_) if std::env::var_os("CI").is_some() => {
-                panic!("OUTBOX_TEST_PG_URL is not set: in CI the Postgres tests must run (scripts/test.sh starts a cluster)")
-            }
-            Err(_) => {
-                eprintln!(
-                    "skipping: OUTBOX_TEST_PG_URL is not set (scripts/test.sh starts a cluster)"
-                );
-                return None;
-            }
-        };
-        Some(Env::postgres_on(&base).await)
+        Some(Env::postgres_on(&outbox_testkit::test_pg_url()?).await)
     }
 
     /// A fresh database on the cluster at `base` (a URL ending in a database name).
     pub async fn postgres_on(base: &str) -> Env {
-        let name = format!("e2e_{}_{}", std::process::id(), rand_suffix());
-        let admin = sqlx::PgPool::connect(base)
+        let name = format!(
+            "e2e_{}_{}",
+            std::process::id(),
+            outbox_testkit::unique_suffix()
+        );
+        let url = outbox_testkit::create_database(base, &name)
             .await
-            .expect("connecting to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("creating a test database");
-        admin.close().await;
-        let i = base.rfind('/').expect("a database part in the URL");
-        Env::with_url(
-            tempfile::tempdir().expect("temp dir"),
-            format!("{}/{name}", &base[..i]),
-        )
-        .await
+            .unwrap_or_else(|e| panic!("creating a test database: {e}"));
+        Env::with_url(tempfile::tempdir().expect("temp dir"), url).await
     }
 
     async fn with_url(dir: tempfile::TempDir, db_url: String) -> Env {
-        let out = Command::new(bin("outbox-migrate"))
-            .arg("--database-url")
-            .arg(&db_url)
-            .output()
-            .expect("running outbox-migrate");
-        assert!(
-            out.status.success(),
-            "outbox-migrate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        migrate(&db_url);
         let sim = platform_sim::start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
             .await
             .expect("starting the simulator");
@@ -113,39 +82,48 @@ impl Env {
     /// `extra` TOML appended (later keys of the same table are not allowed by TOML, so
     /// tests that need other values use [`Env::write_config_raw`]).
     pub fn write_config(&self, extra: &str) {
-        self.write_config_raw(&format!(
-            r#"database_url = "{db}"
-log_level = "info,outbox_core=debug"
+        let config = Config {
+            log_level: Some("info,outbox_core=debug".into()),
+            admin_listen: "127.0.0.1:0".into(),
+            worker: lines(&[
+                "poll_interval = \"100ms\"",
+                "lease = \"5s\"",
+                "shutdown_grace = \"3s\"",
+            ]),
+            retry: lines(&[
+                "base = \"50ms\"",
+                "cap = \"200ms\"",
+                "floor = \"20ms\"",
+                "max_attempts = 5",
+                "max_age = \"1h\"",
+            ]),
+            sinks: vec![self.pyun_sink("pyun", &["concurrency = 16", extra])],
+        };
+        self.write_config_raw(&config.render(&self.db_url));
+    }
 
-[admin]
-listen = "127.0.0.1:0"
+    /// A `[sinks.NAME]` section of type pyun pointed at the simulator, with the secret from
+    /// `TEST_PYUN_SECRET`, 1 s timeouts and `extra` lines appended.
+    pub fn pyun_sink(&self, name: &str, extra: &[&str]) -> String {
+        let secret = SecretRef::Env(PYUN_SECRET_ENV);
+        let lines = [&TIMEOUTS[..], extra].concat();
+        outbox_testkit::pyun_sink(name, &self.sim.pyun_url(), secret, &lines)
+    }
 
-[worker]
-poll_interval = "100ms"
-lease = "5s"
-shutdown_grace = "3s"
+    /// A `[sinks.NAME]` section of type epeis pointed at the simulator, with the key from
+    /// `TEST_EPEIS_KEY`, 1 s timeouts and `extra` lines appended.
+    pub fn epeis_sink(&self, name: &str, extra: &[&str]) -> String {
+        let secret = SecretRef::Env(EPEIS_KEY_ENV);
+        let lines = [&TIMEOUTS[..], extra].concat();
+        outbox_testkit::epeis_sink(name, &self.sim.epeis_url(), secret, &lines)
+    }
 
-[retry]
-base = "50ms"
-cap = "200ms"
-floor = "20ms"
-max_attempts = 5
-max_age = "1h"
-
-[sinks.pyun]
-type = "pyun"
-url = "{url}"
-app_id = "{app_id}"
-secret_env = "TEST_PYUN_SECRET"
-timeout = "1s"
-connect_timeout = "1s"
-concurrency = 16
-{extra}
-"#,
-            db = self.db_url,
-            url = self.sim.pyun_url(),
-            app_id = SimConfig::default().pyun_app_id,
-        ));
+    /// A `[sinks.NAME]` section of type lbbtech pointed at the simulator, with the token
+    /// from `TEST_LBBTECH_TOKEN`, 1 s timeouts and `extra` lines appended.
+    pub fn lbbtech_sink(&self, name: &str, extra: &[&str]) -> String {
+        let secret = SecretRef::Env(LBBTECH_TOKEN_ENV);
+        let lines = [&TIMEOUTS[..], extra].concat();
+        outbox_testkit::lbbtech_sink(name, &self.sim.lbbtech_base_url(), secret, &lines)
     }
 
     pub fn write_config_raw(&self, text: &str) {
@@ -156,9 +134,9 @@ concurrency = 16
     pub fn outboxd(&self) -> Command {
         let mut c = Command::new(bin("outboxd"));
         c.arg("--config").arg(&self.config_path);
-        c.env("TEST_PYUN_SECRET", PYUN_SECRET);
-        c.env("TEST_EPEIS_KEY", EPEIS_DYNAMIC_KEY);
-        c.env("TEST_LBBTECH_TOKEN", LBBTECH_TOKEN);
+        c.env(PYUN_SECRET_ENV, PYUN_SECRET);
+        c.env(EPEIS_KEY_ENV, EPEIS_DYNAMIC_KEY);
+        c.env(LBBTECH_TOKEN_ENV, LBBTECH_TOKEN);
         c.env_remove("RUST_LOG");
         c
     }
@@ -249,16 +227,11 @@ concurrency = 16
     }
 }
 
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    );
-    h.finish() % 1_000_000_000
+/// The sinks' timeouts in the tests: short, so a test never waits long on a dead peer.
+const TIMEOUTS: [&str; 2] = ["timeout = \"1s\"", "connect_timeout = \"1s\""];
+
+fn lines(l: &[&str]) -> Vec<String> {
+    l.iter().map(|s| s.to_string()).collect()
 }
 
 /// A valid charge_end payload for order `order`.
@@ -292,73 +265,57 @@ pub fn sqlite_files_contain(dir: &Path, needle: &str) -> bool {
 /// Whether Postgres tests should run here: yes with `OUTBOX_TEST_PG_URL`, a failure in CI
 /// without it, a skip (with a note) elsewhere.
 pub fn postgres_available() -> bool {
-    if std::env::var_os("OUTBOX_TEST_PG_URL").is_some() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("OUTBOX_TEST_PG_URL is not set: in CI the Postgres tests must run (scripts/test.sh starts a cluster)");
-    }
-    eprintln!("skipping: OUTBOX_TEST_PG_URL is not set (scripts/test.sh starts a cluster)");
-    false
+    outbox_testkit::test_pg_url().is_some()
 }
 
-/// A Postgres cluster of the test's own (for tests that restart it), started with
+/// A Postgres cluster of the test's own (for tests that stop or restart it), started with
 /// scripts/pg-cluster.sh and stopped on drop.
 pub struct PgCluster {
-    dir: PathBuf,
+    cluster: outbox_testkit::PgCluster,
     pub url: String,
 }
 
 impl PgCluster {
     pub fn start() -> PgCluster {
-        let dir = std::env::temp_dir().join(format!(
-            "outboxd-e2e-pg-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        let out = Command::new("bash")
-            .arg(script("pg-cluster.sh"))
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .expect("running pg-cluster.sh");
-        assert!(
-            out.status.success(),
-            "pg-cluster.sh start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        PgCluster { dir, url }
+        let cluster = outbox_testkit::PgCluster::start().unwrap_or_else(|e| panic!("{e}"));
+        PgCluster {
+            url: cluster.url.clone(),
+            cluster,
+        }
     }
 
     /// Fast restart: every connection is cut, the server is back a moment later.
     pub fn restart(&self) {
-        let out = Command::new("bash")
-            .arg(script("pg-cluster.sh"))
-            .arg("restart")
-            .arg(&self.dir)
-            .output()
-            .expect("running pg-cluster.sh");
-        assert!(
-            out.status.success(),
-            "pg-cluster.sh restart failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cluster.restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Stops the server, keeping its data.
+    pub fn down(&self) {
+        self.cluster.down().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the server again after [`PgCluster::down`], on the same port.
+    pub fn up(&self) {
+        self.cluster.up().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script("pg-cluster.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-    }
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `timeout`. For
+/// conditions with no signal to wait on (a row's state in the database).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    outbox_testkit::wait_until(what, timeout, Duration::from_millis(50), || {
+        let fut = check();
+        async move { Ok(fut.await) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
+/// Runs the real `outbox-migrate` on `url`.
+pub fn migrate(url: &str) {
+    outbox_testkit::migrate(url).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -18,8 +18,8 @@ use outbox_core::sinks::SinkSettings;
 use outbox_core::store::{OpenOptions, Store};
 
 use crate::env::{
-    fail, now_ms, pyun_payload, pyun_sink, quantile, self_cpu_secs, status_kb, thousands, Config,
-    Daemon, Db, Pg, PgCpu, Pool, Result, Sim, Table, Work,
+    fail, now_ms, pyun_payload, pyun_sink, quantile, self_cpu_secs, status_kb, thousands, Bulk,
+    Config, Daemon, Db, Pg, PgCpu, Pool, Result, Sim, Table, Work,
 };
 
 /// What every scenario runs with.
@@ -473,16 +473,7 @@ async fn latency_once(
         sinks: vec![pyun_sink(&ctx.work, "pyun", &sim, &[])],
         ..Config::default()
     };
-    let mut daemon = Daemon::spawn(
-        &ctx.work,
-        &format!("{name}-outboxd"),
-        &db.url,
-        &config,
-        false,
-    )?;
-    daemon
-        .wait_for_log("outboxd worker started", Duration::from_secs(10))
-        .await?;
+    let mut daemon = Daemon::start(&ctx.work, &format!("{name}-outboxd"), &db.url, &config).await?;
     // Let the daemon settle into idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = (rate * secs).round() as u64;
@@ -788,15 +779,13 @@ pub async fn idle(ctx: &Ctx, secs: u64) -> Result<Table> {
     };
     let mut daemons = Vec::new();
     for (label, db) in &dbs {
-        let mut d = Daemon::spawn(
+        let d = Daemon::start(
             &ctx.work,
             &format!("idle-{}", db.backend()),
             &db.url,
             &config,
-            false,
-        )?;
-        d.wait_for_log("outboxd worker started", Duration::from_secs(10))
-            .await?;
+        )
+        .await?;
         daemons.push((label, d));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::bench::Ctx;
 use crate::env::{
-    epeis_sink, fail, lbbtech_sink, now_ms, pyun_payload, pyun_sink, tail, thousands, Config,
+    epeis_sink, fail, lbbtech_sink, now_ms, pyun_payload, pyun_sink, tail, thousands, Bulk, Config,
     Daemon, Db, Pool, Result, Sim, Table,
 };
 
@@ -464,6 +464,7 @@ pub async fn faults(ctx: &Ctx, rows: u64) -> Result<Outcome> {
                 ],
             ),
         ],
+        ..Config::default()
     };
     let t0 = Instant::now();
     let mut d = Daemon::spawn(&ctx.work, "faults-outboxd", &db.url, &config, true)?;
@@ -578,9 +579,7 @@ pub async fn disk_full(ctx: &Ctx, rows: u64) -> Result<Outcome> {
         sinks: vec![pyun_sink(&ctx.work, "pyun", &sim, &["concurrency = 4"])],
         ..Config::default()
     };
-    let mut d = Daemon::spawn(&ctx.work, "diskfull-outboxd", &db.url, &config, false)?;
-    d.wait_for_log("outboxd worker started", Duration::from_secs(10))
-        .await?;
+    let mut d = Daemon::start(&ctx.work, "diskfull-outboxd", &db.url, &config).await?;
     let before = wait_delivered(&db, rows as i64 / 5, Duration::from_secs(60)).await?;
     let filler = mnt.join("filler");
     let filled = fill(&filler);
@@ -684,15 +683,13 @@ pub async fn pg_restart(ctx: &Ctx, rows: u64) -> Result<Outcome> {
             sinks: vec![pyun_sink(&ctx.work, "pyun", &sim, &["concurrency = 32"])],
             ..Config::default()
         };
-        let mut d = Daemon::spawn(
+        let d = Daemon::start(
             &ctx.work,
             &format!("pgrestart-outboxd{w}"),
             &db.url,
             &config,
-            false,
-        )?;
-        d.wait_for_log("outboxd worker started", Duration::from_secs(10))
-            .await?;
+        )
+        .await?;
         daemons.push(d);
     }
     let mut restarts = Vec::new();

@@ -164,13 +164,13 @@ async fn run(cli: Cli) -> Result<bool> {
     let pg = if cli.no_pg || !needs_pg(&cli.command) {
         None
     } else if let Some(url) = &cli.pg_url {
-        Some(Pg::external(url))
+        Some(Pg::external(url, "bench"))
     } else {
         eprintln!(
             "starting a throwaway Postgres cluster in {}/pg",
             work.dir.display()
         );
-        Some(Pg::start(&work)?)
+        Some(Pg::start(&work.dir.join("pg"), "bench")?)
     };
     let ctx = Ctx {
         work,
