@@ -4,6 +4,7 @@
 pub mod epeis;
 pub mod lbbtech;
 pub mod pyun;
+pub mod tcec;
 
 use std::fmt;
 
