@@ -16,3 +16,24 @@ pub mod token;
 
 #[cfg(test)]
 mod tests;
+
+/// The platform interfaces this sink calls: `POST {url}/{Interface::name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interface {
+    /// `query_token`: trade OperatorID + OperatorSecret for a bearer token.
+    QueryToken,
+    /// `notification_charge_order_info`: a finished charge with its money (event `charge_order`).
+    ChargeOrder,
+    /// `notification_stationStatus`: one connector's status (event `connector_status`).
+    StationStatus,
+}
+
+impl Interface {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::QueryToken => "query_token",
+            Interface::ChargeOrder => "notification_charge_order_info",
+            Interface::StationStatus => "notification_stationStatus",
+        }
+    }
+}
