@@ -83,9 +83,17 @@ impl TcecConfig {
 
     fn sources(&self) -> [(&'static str, &Option<PathBuf>, &Option<String>); 4] {
         [
-            ("operator_secret", &self.operator_secret_file, &self.operator_secret_env),
+            (
+                "operator_secret",
+                &self.operator_secret_file,
+                &self.operator_secret_env,
+            ),
             ("data_secret", &self.data_secret_file, &self.data_secret_env),
-            ("data_secret_iv", &self.data_secret_iv_file, &self.data_secret_iv_env),
+            (
+                "data_secret_iv",
+                &self.data_secret_iv_file,
+                &self.data_secret_iv_env,
+            ),
             ("sig_secret", &self.sig_secret_file, &self.sig_secret_env),
         ]
     }
@@ -95,7 +103,8 @@ impl TcecConfig {
     pub fn check(&self, name: &str) -> Vec<String> {
         let mut problems = Vec::new();
         let id_len = self.operator_id.chars().count();
-        if id_len != OPERATOR_ID_LEN || !self.operator_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if id_len != OPERATOR_ID_LEN || !self.operator_id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
             problems.push(format!(
                 "sinks.{name}: operator_id must be the {OPERATOR_ID_LEN}-character organisation code (letters and digits), got {id_len} characters"
             ));
@@ -136,7 +145,9 @@ impl TcecConfig {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let mut loaded = loaded.into_iter().map(|s| s.expect("no problems, so all loaded"));
+        let mut loaded = loaded
+            .into_iter()
+            .map(|s| s.expect("no problems, so all loaded"));
         let mut next = || loaded.next().expect("four secrets");
         Ok(TcecSecrets {
             operator_secret: next(),
@@ -149,7 +160,12 @@ impl TcecConfig {
     }
 }
 
-fn load(name: &str, label: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, String> {
+fn load(
+    name: &str,
+    label: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<Secret, String> {
     match (file, env) {
         (Some(path), None) => {
             let raw = std::fs::read_to_string(path).map_err(|e| {
@@ -238,9 +254,18 @@ mod tests {
         cfg.sig_secret_env = Some("OUTBOXD_TCEC_TEST_UNSET_VAR".into());
         cfg.url = "ftp://host/x".into();
         let problems = cfg.check("city").join("\n");
-        assert!(problems.contains("operator_id must be the 9-character"), "{problems}");
-        assert!(problems.contains("data_secret_iv must be 16 bytes"), "{problems}");
-        assert!(problems.contains("either sig_secret_file or sig_secret_env"), "{problems}");
+        assert!(
+            problems.contains("operator_id must be the 9-character"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("data_secret_iv must be 16 bytes"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("either sig_secret_file or sig_secret_env"),
+            "{problems}"
+        );
         assert!(problems.contains("must be http(s)"), "{problems}");
         assert!(!problems.contains("abc"));
         assert!(!problems.contains("1234567890abcdef"));

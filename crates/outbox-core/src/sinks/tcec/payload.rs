@@ -131,13 +131,19 @@ fn time<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Stri
     if valid {
         Ok(value)
     } else {
-        Err(format!("{field} = {value:?}: expected \"yyyy-MM-dd HH:mm:ss\""))
+        Err(format!(
+            "{field} = {value:?}: expected \"yyyy-MM-dd HH:mm:ss\""
+        ))
     }
 }
 
 /// Renames the spelling-variant fields of `object` to `spelling`; both spellings at once is
 /// an error (which one is meant?).
-fn respell(object: &mut Map<String, Value>, spelling: MoneySpelling, path: &str) -> Result<(), String> {
+fn respell(
+    object: &mut Map<String, Value>,
+    spelling: MoneySpelling,
+    path: &str,
+) -> Result<(), String> {
     for (standard, corrected) in SPELLINGS {
         let (from, to) = match spelling {
             MoneySpelling::Sevice => (corrected, standard),
@@ -145,7 +151,9 @@ fn respell(object: &mut Map<String, Value>, spelling: MoneySpelling, path: &str)
         };
         if object.contains_key(from) {
             if object.contains_key(to) {
-                return Err(format!("{path}{standard} and {path}{corrected} are both present: give one"));
+                return Err(format!(
+                    "{path}{standard} and {path}{corrected} are both present: give one"
+                ));
             }
             let value = object.remove(from).expect("checked above");
             object.insert(to.to_owned(), value);
@@ -240,11 +248,7 @@ pub fn connector_status(payload: &str) -> Result<Validated, String> {
     let key = text(info, "ConnectorID", 64).map_err(|e| format!("ConnectorStatusInfo.{e}"))?;
     match info.get("Status").and_then(Value::as_i64) {
         Some(0..=4 | 255) => {}
-        _ => {
-            return Err(
-                "ConnectorStatusInfo.Status must be 0, 1, 2, 3, 4 or 255".into(),
-            )
-        }
+        _ => return Err("ConnectorStatusInfo.Status must be 0, 1, 2, 3, 4 or 255".into()),
     }
     Ok(Validated {
         key: key.to_owned(),
@@ -323,13 +327,25 @@ mod tests {
 
     #[test]
     fn required_fields_and_times() {
-        for field in ["StartChargeSeq", "ConnectorID", "StartTime", "TotalMoney", "StopReason", "ChargeDetails"] {
+        for field in [
+            "StartChargeSeq",
+            "ConnectorID",
+            "StartTime",
+            "TotalMoney",
+            "StopReason",
+            "ChargeDetails",
+        ] {
             let mut o = order();
             o.as_object_mut().unwrap().remove(field);
             let err = check(&o).unwrap_err();
             assert!(err.contains(field), "{field}: {err}");
         }
-        for bad in ["2024-05-01T10:00:00", "2024-02-30 10:00:00", "2024-05-01 24:00:00", "2024-5-1 10:00:00"] {
+        for bad in [
+            "2024-05-01T10:00:00",
+            "2024-02-30 10:00:00",
+            "2024-05-01 24:00:00",
+            "2024-5-1 10:00:00",
+        ] {
             let mut o = order();
             o["StartTime"] = json!(bad);
             assert!(check(&o).unwrap_err().contains("StartTime"), "{bad}");
@@ -339,7 +355,9 @@ mod tests {
         assert!(check(&o).unwrap_err().contains("after EndTime"));
         let mut o = order();
         o["ChargeDetails"][0]["DetailEndTime"] = json!("soon");
-        assert!(check(&o).unwrap_err().contains("ChargeDetails[0].DetailEndTime"));
+        assert!(check(&o)
+            .unwrap_err()
+            .contains("ChargeDetails[0].DetailEndTime"));
     }
 
     #[test]
@@ -359,7 +377,10 @@ mod tests {
         assert!(sent.get("TotalSeviceMoney").is_none());
         // A producer writing the corrected spelling to a standard-spelling sink.
         let back = charge_order(&service.data_json, MoneySpelling::Sevice).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&back.data_json).unwrap(), order());
+        assert_eq!(
+            serde_json::from_str::<Value>(&back.data_json).unwrap(),
+            order()
+        );
         let mut both = order();
         both["TotalServiceMoney"] = json!(5.2);
         assert!(check(&both).unwrap_err().contains("both present"));
@@ -367,7 +388,8 @@ mod tests {
 
     #[test]
     fn connector_status_is_checked() {
-        let ok = connector_status(r#"{"ConnectorStatusInfo":{"ConnectorID":"C1","Status":255}}"#).unwrap();
+        let ok = connector_status(r#"{"ConnectorStatusInfo":{"ConnectorID":"C1","Status":255}}"#)
+            .unwrap();
         assert_eq!(ok.key, "C1");
         for bad in [
             r#"{"ConnectorStatusInfo":{"ConnectorID":"C1","Status":5}}"#,

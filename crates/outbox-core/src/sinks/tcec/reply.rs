@@ -71,7 +71,9 @@ fn retry(reason: String) -> Verdict {
 /// No reply: a timeout or a broken connection. The call may have taken effect, which the
 /// platform's idempotency by order number covers, so it is retried.
 pub fn classify_transport(error: &str) -> Classified {
-    Classified::row(retry(format!("no reply (retried, the platform deduplicates): {error}")))
+    Classified::row(retry(format!(
+        "no reply (retried, the platform deduplicates): {error}"
+    )))
 }
 
 /// Classifies an HTTP reply to a push (`ChargeOrder` or `StationStatus`). `expected_seq` is
@@ -130,23 +132,31 @@ pub fn classify_opened(
         4004 => Classified::row(Verdict::Permanent {
             reason: format!("Ret 4004 business parameters wrong: {msg}"),
         }),
-        other => Classified::row(retry(format!("Ret {other} not in the T/CEC code table: {msg}"))),
+        other => Classified::row(retry(format!(
+            "Ret {other} not in the T/CEC code table: {msg}"
+        ))),
     };
     classified.code(ret.to_string())
 }
 
 /// `Ret 0`: what the decrypted `Data` says.
-fn classify_data(interface: Interface, data: Option<&str>, expected_seq: Option<&str>) -> Classified {
+fn classify_data(
+    interface: Interface,
+    data: Option<&str>,
+    expected_seq: Option<&str>,
+) -> Classified {
     let parsed: Option<Value> = data.and_then(|d| serde_json::from_str(d).ok());
     let Some(data) = parsed.filter(Value::is_object) else {
-        return Classified::row(retry("Ret 0 without a readable Data object".into())).code("0".into());
+        return Classified::row(retry("Ret 0 without a readable Data object".into()))
+            .code("0".into());
     };
     let result = Some(truncate(&data.to_string(), 500));
     match interface {
         Interface::ChargeOrder => {
-            if let (Some(sent), Some(confirmed)) =
-                (expected_seq, data.get("StartChargeSeq").and_then(Value::as_str))
-            {
+            if let (Some(sent), Some(confirmed)) = (
+                expected_seq,
+                data.get("StartChargeSeq").and_then(Value::as_str),
+            ) {
                 if sent != confirmed {
                     return Classified::row(retry(format!(
                         "Ret 0 confirms another order ({confirmed}, sent {sent})"
@@ -155,10 +165,13 @@ fn classify_data(interface: Interface, data: Option<&str>, expected_seq: Option<
                 }
             }
             match data.get("ConfirmResult").and_then(Value::as_i64) {
-                Some(0) => Classified::row(Verdict::Delivered { hint: None, result }).code("0/0".into()),
+                Some(0) => {
+                    Classified::row(Verdict::Delivered { hint: None, result }).code("0/0".into())
+                }
                 Some(code @ 1..=99) => {
                     let hint = if code == 1 {
-                        "disputed: the platform does not agree with this order (ConfirmResult 1)".to_string()
+                        "disputed: the platform does not agree with this order (ConfirmResult 1)"
+                            .to_string()
                     } else {
                         format!("not confirmed: ConfirmResult {code} (platform-defined)")
                     };
@@ -171,11 +184,14 @@ fn classify_data(interface: Interface, data: Option<&str>, expected_seq: Option<
                     }
                     .code(format!("0/{code}"))
                 }
-                _ => Classified::row(retry("Ret 0 without a ConfirmResult 0..99".into())).code("0".into()),
+                _ => Classified::row(retry("Ret 0 without a ConfirmResult 0..99".into()))
+                    .code("0".into()),
             }
         }
         Interface::StationStatus => match data.get("Status").and_then(Value::as_i64) {
-            Some(0) => Classified::row(Verdict::Delivered { hint: None, result }).code("0/0".into()),
+            Some(0) => {
+                Classified::row(Verdict::Delivered { hint: None, result }).code("0/0".into())
+            }
             Some(1) => Classified::row(Verdict::Completed {
                 note: "the platform ignored this status (Status 1)".into(),
                 result,
@@ -205,14 +221,24 @@ mod tests {
     }
 
     fn order(ret: i64, data: Option<&str>) -> Classified {
-        classify_opened(Interface::ChargeOrder, &opened(ret, "msg", data), Some("O1"))
+        classify_opened(
+            Interface::ChargeOrder,
+            &opened(ret, "msg", data),
+            Some("O1"),
+        )
     }
 
     #[test]
     fn confirm_result_zero_is_delivered() {
-        let c = order(0, Some(r#"{"StartChargeSeq":"O1","ConnectorID":"C1","ConfirmResult":0}"#));
+        let c = order(
+            0,
+            Some(r#"{"StartChargeSeq":"O1","ConnectorID":"C1","ConfirmResult":0}"#),
+        );
         assert!(matches!(c.verdict, Verdict::Delivered { hint: None, .. }));
-        assert_eq!((c.scope, c.disputed, c.token_invalid), (Scope::Row, false, false));
+        assert_eq!(
+            (c.scope, c.disputed, c.token_invalid),
+            (Scope::Row, false, false)
+        );
         assert_eq!(c.reply_code.as_deref(), Some("0/0"));
     }
 
@@ -220,21 +246,32 @@ mod tests {
     fn disputed_is_final_and_surfaced() {
         let c = order(0, Some(r#"{"StartChargeSeq":"O1","ConfirmResult":1}"#));
         assert!(c.disputed);
-        assert!(matches!(&c.verdict, Verdict::Delivered { hint: Some(h), .. } if h.contains("disputed")));
+        assert!(
+            matches!(&c.verdict, Verdict::Delivered { hint: Some(h), .. } if h.contains("disputed"))
+        );
         let c = order(0, Some(r#"{"ConfirmResult":7}"#));
         assert!(c.disputed);
-        assert!(matches!(&c.verdict, Verdict::Delivered { hint: Some(h), .. } if h.contains("ConfirmResult 7")));
+        assert!(
+            matches!(&c.verdict, Verdict::Delivered { hint: Some(h), .. } if h.contains("ConfirmResult 7"))
+        );
     }
 
     #[test]
     fn ret_zero_without_a_usable_result_is_retried() {
-        for data in [None, Some("[]"), Some(r#"{"ConfirmResult":"x"}"#), Some(r#"{"ConfirmResult":100}"#)] {
+        for data in [
+            None,
+            Some("[]"),
+            Some(r#"{"ConfirmResult":"x"}"#),
+            Some(r#"{"ConfirmResult":100}"#),
+        ] {
             let c = order(0, data);
             assert!(matches!(c.verdict, Verdict::Retry { .. }), "{data:?}");
             assert_eq!(c.scope, Scope::Row);
         }
         let other = order(0, Some(r#"{"StartChargeSeq":"O2","ConfirmResult":0}"#));
-        assert!(matches!(&other.verdict, Verdict::Retry { reason, .. } if reason.contains("another order")));
+        assert!(
+            matches!(&other.verdict, Verdict::Retry { reason, .. } if reason.contains("another order"))
+        );
     }
 
     #[test]
@@ -249,8 +286,14 @@ mod tests {
         let token = order(4002, None);
         assert!(token.token_invalid && token.scope == Scope::Sink);
         for code in [4003, 4004] {
-            let c = classify_opened(Interface::ChargeOrder, &opened(code, "StartTime格式错误", None), None);
-            assert!(matches!(&c.verdict, Verdict::Permanent { reason } if reason.contains("StartTime格式错误") && reason.contains(&code.to_string())));
+            let c = classify_opened(
+                Interface::ChargeOrder,
+                &opened(code, "StartTime格式错误", None),
+                None,
+            );
+            assert!(
+                matches!(&c.verdict, Verdict::Permanent { reason } if reason.contains("StartTime格式错误") && reason.contains(&code.to_string()))
+            );
             assert_eq!(c.scope, Scope::Row);
             assert_eq!(c.reply_code, Some(code.to_string()));
         }
@@ -260,9 +303,17 @@ mod tests {
 
     #[test]
     fn station_status_replies() {
-        let ok = classify_opened(Interface::StationStatus, &opened(0, "", Some(r#"{"Status":0}"#)), None);
+        let ok = classify_opened(
+            Interface::StationStatus,
+            &opened(0, "", Some(r#"{"Status":0}"#)),
+            None,
+        );
         assert!(matches!(ok.verdict, Verdict::Delivered { .. }));
-        let ignored = classify_opened(Interface::StationStatus, &opened(0, "", Some(r#"{"Status":1}"#)), None);
+        let ignored = classify_opened(
+            Interface::StationStatus,
+            &opened(0, "", Some(r#"{"Status":1}"#)),
+            None,
+        );
         assert!(matches!(ignored.verdict, Verdict::Completed { .. }));
     }
 
@@ -271,7 +322,10 @@ mod tests {
         let keys = vector_keys();
         for status in [500, 502, 503, 429, 408] {
             let c = classify_http(Interface::ChargeOrder, status, "", &keys, None);
-            assert!(matches!(c.verdict, Verdict::Retry { .. }) && c.scope == Scope::Row, "{status}");
+            assert!(
+                matches!(c.verdict, Verdict::Retry { .. }) && c.scope == Scope::Row,
+                "{status}"
+            );
         }
         let not_found = classify_http(Interface::ChargeOrder, 404, "", &keys, None);
         assert_eq!(not_found.scope, Scope::Sink);
@@ -280,7 +334,8 @@ mod tests {
         let timeout = classify_transport("operation timed out");
         assert!(matches!(timeout.verdict, Verdict::Retry { .. }) && timeout.scope == Scope::Row);
 
-        let good = seal_reply(&keys, 0, "", r#"{"StartChargeSeq":"O1","ConfirmResult":0}"#).unwrap();
+        let good =
+            seal_reply(&keys, 0, "", r#"{"StartChargeSeq":"O1","ConfirmResult":0}"#).unwrap();
         let body = serde_json::to_string(&good).unwrap();
         let c = classify_http(Interface::ChargeOrder, 200, &body, &keys, Some("O1"));
         assert!(matches!(c.verdict, Verdict::Delivered { .. }));
@@ -289,11 +344,14 @@ mod tests {
     #[test]
     fn bad_reply_signature_is_a_sink_failure_not_success() {
         let keys = vector_keys();
-        let mut forged = seal_reply(&keys, 0, "", r#"{"StartChargeSeq":"O1","ConfirmResult":0}"#).unwrap();
+        let mut forged =
+            seal_reply(&keys, 0, "", r#"{"StartChargeSeq":"O1","ConfirmResult":0}"#).unwrap();
         forged.sig = "00000000000000000000000000000000".into();
         let body = serde_json::to_string(&forged).unwrap();
         let c = classify_http(Interface::ChargeOrder, 200, &body, &keys, Some("O1"));
         assert_eq!(c.scope, Scope::Sink);
-        assert!(matches!(&c.verdict, Verdict::Retry { reason, .. } if reason.contains("signature")));
+        assert!(
+            matches!(&c.verdict, Verdict::Retry { reason, .. } if reason.contains("signature"))
+        );
     }
 }

@@ -100,16 +100,16 @@ fn wrong_data_secret_fails_to_decrypt_without_echoing_it() {
         ..vector_keys()
     };
     let err = decrypt_data(&other, VECTOR_DATA).unwrap_err();
-    assert!(matches!(err, EnvelopeError::Decrypt | EnvelopeError::NotText));
+    assert!(matches!(
+        err,
+        EnvelopeError::Decrypt | EnvelopeError::NotText
+    ));
     assert!(!err.to_string().contains("0000000000000000"));
     let short = Keys {
         data_secret: Secret::new("short"),
         ..vector_keys()
     };
-    assert_eq!(
-        encrypt_data(&short, "{}"),
-        Err(EnvelopeError::KeyLength)
-    );
+    assert_eq!(encrypt_data(&short, "{}"), Err(EnvelopeError::KeyLength));
     assert!(!format!("{keys:?}").contains("1234567890abcdef"));
 }
 

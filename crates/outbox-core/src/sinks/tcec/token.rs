@@ -47,15 +47,18 @@ pub fn token_request_data(operator_id: &str, operator_secret: &Secret) -> String
 
 /// Reads the decrypted `Data` of a `Ret 0` `query_token` reply.
 pub fn parse_token_data(data: &str) -> Result<(Secret, Duration), TokenError> {
-    let data: Value = serde_json::from_str(data)
-        .map_err(|_| TokenError::Protocol("Data is not JSON".into()))?;
+    let data: Value =
+        serde_json::from_str(data).map_err(|_| TokenError::Protocol("Data is not JSON".into()))?;
     match data.get("SuccStat").and_then(Value::as_i64) {
         Some(0) => {}
         Some(_) => {
             let reason = match data.get("FailReason").and_then(Value::as_i64) {
                 Some(1) => "FailReason 1: the platform does not know this OperatorID".to_string(),
                 Some(2) => "FailReason 2: OperatorSecret is wrong".to_string(),
-                other => format!("FailReason {}", other.map_or("missing".into(), |c| c.to_string())),
+                other => format!(
+                    "FailReason {}",
+                    other.map_or("missing".into(), |c| c.to_string())
+                ),
             };
             return Err(TokenError::Credentials(reason));
         }
@@ -132,7 +135,10 @@ impl TokenCache {
 /// What one HTTP post came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostResult {
-    Reply { status: u16, body: String },
+    Reply {
+        status: u16,
+        body: String,
+    },
     /// No reply: timeout, refused or broken connection (the text names which).
     Failed(String),
 }
@@ -209,7 +215,10 @@ impl Session {
         Ok(serde_json::to_string(&envelope).expect("an envelope serialises"))
     }
 
-    async fn fetch_token<T: Transport>(&self, transport: &T) -> Result<(Secret, Duration), TokenError> {
+    async fn fetch_token<T: Transport>(
+        &self,
+        transport: &T,
+    ) -> Result<(Secret, Duration), TokenError> {
         let data = token_request_data(&self.operator_id, &self.operator_secret);
         let body = self
             .seal(&data, crate::clock::now_ms())
@@ -222,7 +231,9 @@ impl Session {
             return Err(TokenError::Transient(format!("HTTP {status}")));
         }
         let opened = open_reply(&self.keys, &body).map_err(|e| match e {
-            EnvelopeError::Shape(_) => TokenError::Transient("reply is not a T/CEC envelope".into()),
+            EnvelopeError::Shape(_) => {
+                TokenError::Transient("reply is not a T/CEC envelope".into())
+            }
             other => TokenError::Protocol(other.to_string()),
         })?;
         match opened.ret {
@@ -330,10 +341,17 @@ mod tests {
             r#"{"OperatorID":"123456789","SuccStat":0,"AccessToken":"T1","TokenAvailableTime":7200,"FailReason":0}"#,
         )
         .unwrap();
-        assert_eq!((token.expose(), lifetime), ("T1", Duration::from_secs(7200)));
+        assert_eq!(
+            (token.expose(), lifetime),
+            ("T1", Duration::from_secs(7200))
+        );
         for (reason, text) in [(1, "OperatorID"), (2, "OperatorSecret")] {
-            let err = parse_token_data(&format!(r#"{{"SuccStat":1,"FailReason":{reason}}}"#)).unwrap_err();
-            assert!(matches!(&err, TokenError::Credentials(r) if r.contains(text)), "{err}");
+            let err = parse_token_data(&format!(r#"{{"SuccStat":1,"FailReason":{reason}}}"#))
+                .unwrap_err();
+            assert!(
+                matches!(&err, TokenError::Credentials(r) if r.contains(text)),
+                "{err}"
+            );
         }
         assert!(matches!(
             parse_token_data(r#"{"SuccStat":0,"TokenAvailableTime":1}"#),
@@ -360,11 +378,32 @@ mod tests {
         let cache = TokenCache::new(Duration::from_secs(60));
         let calls = Arc::new(AtomicU32::new(0));
         let hour = Duration::from_secs(3600);
-        assert_eq!(cache.get(|| counting_fetch(&calls, hour)).await.unwrap().expose(), "T1");
+        assert_eq!(
+            cache
+                .get(|| counting_fetch(&calls, hour))
+                .await
+                .unwrap()
+                .expose(),
+            "T1"
+        );
         tokio::time::advance(Duration::from_secs(3600 - 61)).await;
-        assert_eq!(cache.get(|| counting_fetch(&calls, hour)).await.unwrap().expose(), "T1");
+        assert_eq!(
+            cache
+                .get(|| counting_fetch(&calls, hour))
+                .await
+                .unwrap()
+                .expose(),
+            "T1"
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(cache.get(|| counting_fetch(&calls, hour)).await.unwrap().expose(), "T2");
+        assert_eq!(
+            cache
+                .get(|| counting_fetch(&calls, hour))
+                .await
+                .unwrap()
+                .expose(),
+            "T2"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // A short-lived token is refreshed at half its life, not immediately.
         let short = TokenCache::new(Duration::from_secs(60));
@@ -408,7 +447,10 @@ mod tests {
         let t2 = cache.get(|| counting_fetch(&calls, hour)).await.unwrap();
         // A second request that also saw T1 refused does not throw away T2.
         cache.invalidate(&t1).await;
-        assert_eq!(cache.get(|| counting_fetch(&calls, hour)).await.unwrap(), t2);
+        assert_eq!(
+            cache.get(|| counting_fetch(&calls, hour)).await.unwrap(),
+            t2
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
@@ -440,11 +482,10 @@ mod tests {
         ) -> impl Future<Output = PostResult> + Send {
             let envelope: RequestEnvelope = serde_json::from_str(&body).unwrap();
             let data = open_request(&self.keys, &envelope).unwrap();
-            self.log.lock().unwrap().push((
-                interface,
-                bearer.map(|b| b.expose().to_owned()),
-                data,
-            ));
+            self.log
+                .lock()
+                .unwrap()
+                .push((interface, bearer.map(|b| b.expose().to_owned()), data));
             let reply = match interface {
                 Interface::QueryToken => {
                     let scripted = self.token_replies.lock().unwrap().pop();
@@ -484,10 +525,20 @@ mod tests {
     async fn push_uses_the_token_and_4002_refreshes_once() {
         let platform = FakePlatform::new(vec![0, 4002, 0]);
         let session = session();
-        let first = session.deliver(&platform, Interface::ChargeOrder, "{}", Some("O1")).await;
-        assert!(matches!(first.classified.verdict, Verdict::Delivered { .. }));
-        let second = session.deliver(&platform, Interface::ChargeOrder, "{}", Some("O1")).await;
-        assert!(matches!(second.classified.verdict, Verdict::Delivered { .. }));
+        let first = session
+            .deliver(&platform, Interface::ChargeOrder, "{}", Some("O1"))
+            .await;
+        assert!(matches!(
+            first.classified.verdict,
+            Verdict::Delivered { .. }
+        ));
+        let second = session
+            .deliver(&platform, Interface::ChargeOrder, "{}", Some("O1"))
+            .await;
+        assert!(matches!(
+            second.classified.verdict,
+            Verdict::Delivered { .. }
+        ));
         assert_eq!(second.posts, 2);
         let log = platform.log.lock().unwrap();
         let calls: Vec<_> = log.iter().map(|(i, b, _)| (*i, b.clone())).collect();
@@ -507,7 +558,9 @@ mod tests {
     #[tokio::test]
     async fn a_second_4002_is_not_retried_again() {
         let platform = FakePlatform::new(vec![4002, 4002]);
-        let outcome = session().deliver(&platform, Interface::ChargeOrder, "{}", None).await;
+        let outcome = session()
+            .deliver(&platform, Interface::ChargeOrder, "{}", None)
+            .await;
         assert_eq!(outcome.posts, 2);
         assert!(outcome.classified.token_invalid);
         assert_eq!(outcome.classified.scope, Scope::Sink);
@@ -522,13 +575,20 @@ mod tests {
             .unwrap()
             .push(r#"{"SuccStat":1,"FailReason":2}"#.into());
         let session = session();
-        let outcome = session.deliver(&platform, Interface::ChargeOrder, "{}", None).await;
+        let outcome = session
+            .deliver(&platform, Interface::ChargeOrder, "{}", None)
+            .await;
         assert_eq!(outcome.posts, 0);
         assert_eq!(outcome.classified.scope, Scope::Sink);
         let hold = outcome.hold.unwrap();
         assert!(hold.contains("OperatorSecret is wrong"), "{hold}");
         assert!(!hold.contains("operator-secret-xyz"));
-        assert!(!matches!(outcome.classified.verdict, Verdict::Permanent { .. }));
-        assert!(!session.scrub("x operator-secret-xyz 1234567890abcdef").contains("secret-xyz"));
+        assert!(!matches!(
+            outcome.classified.verdict,
+            Verdict::Permanent { .. }
+        ));
+        assert!(!session
+            .scrub("x operator-secret-xyz 1234567890abcdef")
+            .contains("secret-xyz"));
     }
 }
