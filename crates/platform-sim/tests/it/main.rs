@@ -7,3 +7,4 @@ mod epeis;
 mod http;
 mod lbbtech;
 mod pyun;
+mod tcec;
