@@ -129,3 +129,198 @@ fn seq_counts_within_a_second_and_restarts() {
     );
     assert_eq!(compact_timestamp(951_782_400), "20000229000000");
 }
+
+/// The session against the simulator's independent T/CEC implementation, over real HTTP.
+mod against_simulator {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use platform_sim::tcec as sim_tcec;
+    use platform_sim::{Platform, SimHandle, SimScript};
+    use serde_json::json;
+
+    use super::super::envelope::Keys;
+    use super::super::payload::{charge_order, MoneySpelling};
+    use super::super::reply::Scope;
+    use super::super::token::{PostResult, Session, Transport, DEFAULT_REFRESH_MARGIN};
+    use super::super::Interface;
+    use crate::outcome::Verdict;
+    use crate::secret::Secret;
+
+    struct Http {
+        base: String,
+        client: reqwest::Client,
+    }
+
+    impl Transport for Http {
+        fn post(
+            &self,
+            interface: Interface,
+            bearer: Option<&Secret>,
+            body: String,
+        ) -> impl Future<Output = PostResult> + Send {
+            let mut request = self
+                .client
+                .post(format!("{}/{}", self.base, interface.name()))
+                .header("Content-Type", "application/json;charset=UTF-8")
+                .timeout(Duration::from_secs(5))
+                .body(body);
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token.expose());
+            }
+            async move {
+                match request.send().await {
+                    Ok(reply) => PostResult::Reply {
+                        status: reply.status().as_u16(),
+                        body: reply.text().await.unwrap_or_default(),
+                    },
+                    Err(e) => PostResult::Failed(e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn setup(operator_secret: &str) -> (SimHandle, Http, Session) {
+        let sim = platform_sim::start("127.0.0.1:0".parse().unwrap(), Default::default())
+            .await
+            .unwrap();
+        let http = Http {
+            base: sim.tcec_url(),
+            client: reqwest::Client::new(),
+        };
+        let session = Session::new(
+            sim_tcec::DEMO_OPERATOR_ID.into(),
+            Secret::new(operator_secret),
+            Keys {
+                data_secret: Secret::new(sim_tcec::DEMO_DATA_SECRET),
+                data_secret_iv: Secret::new(sim_tcec::DEMO_DATA_SECRET_IV),
+                sig_secret: Secret::new(sim_tcec::DEMO_SIG_SECRET),
+            },
+            8 * 3600,
+            DEFAULT_REFRESH_MARGIN,
+        );
+        (sim, http, session)
+    }
+
+    fn order(seq: &str) -> String {
+        let payload = json!({
+            "StartChargeSeq": seq, "ConnectorID": "C1",
+            "StartTime": "2024-05-01 10:00:00", "EndTime": "2024-05-01 11:00:00",
+            "TotalPower": 12.5, "TotalElecMoney": 10.1, "TotalSeviceMoney": 5.2,
+            "TotalMoney": 15.3, "StopReason": 0, "SumPeriod": 0, "ChargeDetails": []
+        });
+        charge_order(&payload.to_string(), MoneySpelling::Sevice)
+            .unwrap()
+            .data_json
+    }
+
+    fn token_requests(sim: &SimHandle) -> usize {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/query_token"))
+            .count()
+    }
+
+    fn script(value: serde_json::Value) -> SimScript {
+        serde_json::from_value(json!({ "tcec": value })).unwrap()
+    }
+
+    #[tokio::test]
+    async fn orders_are_confirmed_with_one_shared_token() {
+        let (sim, http, session) = setup(sim_tcec::DEMO_OPERATOR_SECRET).await;
+        let session = Arc::new(session);
+        let http = Arc::new(http);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (session, http) = (session.clone(), http.clone());
+                tokio::spawn(async move {
+                    let seq = format!("O-{i}");
+                    session
+                        .deliver(&*http, Interface::ChargeOrder, &order(&seq), Some(&seq))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let delivery = task.await.unwrap();
+            assert!(
+                matches!(
+                    delivery.classified.verdict,
+                    Verdict::Delivered { hint: None, .. }
+                ),
+                "{delivery:?}"
+            );
+        }
+        assert_eq!(token_requests(&sim), 1);
+        for i in 0..8 {
+            assert_eq!(sim.applied_count(Platform::Tcec, &format!("O-{i}")), 1);
+        }
+        assert_eq!(sim.stats().tcec.duplicates, 0);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_refreshed_once_and_the_order_lands_once() {
+        let (sim, http, session) = setup(sim_tcec::DEMO_OPERATOR_SECRET).await;
+        let first = session
+            .deliver(&http, Interface::ChargeOrder, &order("A"), Some("A"))
+            .await;
+        assert!(matches!(
+            first.classified.verdict,
+            Verdict::Delivered { .. }
+        ));
+        sim.apply_script(script(json!({"pushes": {"B": [{"expire_token": true}]}})));
+        let second = session
+            .deliver(&http, Interface::ChargeOrder, &order("B"), Some("B"))
+            .await;
+        assert!(matches!(
+            second.classified.verdict,
+            Verdict::Delivered { .. }
+        ));
+        assert_eq!(second.posts, 2);
+        assert_eq!(token_requests(&sim), 2);
+        assert_eq!(sim.applied_count(Platform::Tcec, "B"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forged_reply_and_a_dispute_are_not_plain_success() {
+        let (sim, http, session) = setup(sim_tcec::DEMO_OPERATOR_SECRET).await;
+        sim.apply_script(script(json!({"pushes": {
+            "F": [{"bad_sig": true}], "D": [{"confirm_result": 1}], "R": [{"ret": 4004, "msg": "枪编号不存在"}]
+        }})));
+        let forged = session
+            .deliver(&http, Interface::ChargeOrder, &order("F"), Some("F"))
+            .await;
+        assert_eq!(forged.classified.scope, Scope::Sink);
+        assert!(matches!(forged.classified.verdict, Verdict::Retry { .. }));
+        let disputed = session
+            .deliver(&http, Interface::ChargeOrder, &order("D"), Some("D"))
+            .await;
+        assert!(disputed.classified.disputed);
+        let rejected = session
+            .deliver(&http, Interface::ChargeOrder, &order("R"), Some("R"))
+            .await;
+        assert!(
+            matches!(&rejected.classified.verdict, Verdict::Permanent { reason } if reason.contains("枪编号不存在"))
+        );
+        let status = json!({"ConnectorStatusInfo": {"ConnectorID": "C1", "Status": 3}}).to_string();
+        let status = session
+            .deliver(&http, Interface::StationStatus, &status, None)
+            .await;
+        assert!(matches!(
+            status.classified.verdict,
+            Verdict::Delivered { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_operator_secret_holds_the_sink() {
+        let (sim, http, session) = setup("not-the-secret").await;
+        let outcome = session
+            .deliver(&http, Interface::ChargeOrder, &order("W"), Some("W"))
+            .await;
+        assert!(outcome.hold.unwrap().contains("FailReason 2"));
+        assert_eq!(outcome.posts, 0);
+        assert_eq!(sim.request_count(Platform::Tcec, "W"), 0);
+    }
+}
