@@ -209,6 +209,25 @@ impl Session {
         .fold(text.to_owned(), |text, secret| secret.scrub(&text))
     }
 
+    /// A platform's `Msg` or `Data` could echo a secret or the token: scrub every text.
+    fn scrub_classified(&self, mut classified: Classified, token: &Secret) -> Classified {
+        let scrub = |text: &mut String| *text = token.scrub(&self.scrub(text));
+        match &mut classified.verdict {
+            Verdict::Delivered { hint, result } => {
+                hint.iter_mut().chain(result.iter_mut()).for_each(scrub)
+            }
+            Verdict::Completed { note, result } => {
+                scrub(note);
+                result.iter_mut().for_each(scrub);
+            }
+            Verdict::Retry { reason, .. }
+            | Verdict::Permanent { reason }
+            | Verdict::Ambiguous { reason } => scrub(reason),
+            Verdict::Continue { note, .. } => scrub(note),
+        }
+        classified
+    }
+
     fn seal(&self, data_json: &str, now_ms: i64) -> Result<String, EnvelopeError> {
         let stamp = self.seq.next(now_ms);
         let envelope = seal_request(&self.keys, &self.operator_id, data_json, &stamp)?;
@@ -287,7 +306,7 @@ impl Session {
                 continue;
             }
             return Delivery {
-                classified,
+                classified: self.scrub_classified(classified, &token),
                 hold: None,
                 posts,
             };
@@ -498,12 +517,20 @@ mod tests {
                 _ => {
                     let mut rets = self.push_rets.lock().unwrap();
                     let ret = if rets.is_empty() { 0 } else { rets.remove(0) };
+                    let msg = if ret == 4004 {
+                        format!(
+                            "bad token {}",
+                            bearer.map(|b| b.expose()).unwrap_or_default()
+                        )
+                    } else {
+                        String::new()
+                    };
                     let data = if ret == 0 {
                         r#"{"StartChargeSeq":"O1","ConnectorID":"C1","ConfirmResult":0}"#
                     } else {
                         ""
                     };
-                    seal_reply(&self.keys, ret, "", data).unwrap()
+                    seal_reply(&self.keys, ret, &msg, data).unwrap()
                 }
             };
             let body = serde_json::to_string(&reply).unwrap();
@@ -553,6 +580,18 @@ mod tests {
             ]
         );
         assert!(log[0].2.contains("operator-secret-xyz"));
+    }
+
+    #[tokio::test]
+    async fn an_echoed_token_is_scrubbed_from_the_reason() {
+        let platform = FakePlatform::new(vec![4004]);
+        let outcome = session()
+            .deliver(&platform, Interface::ChargeOrder, "{}", None)
+            .await;
+        let Verdict::Permanent { reason } = outcome.classified.verdict else {
+            panic!("4004 is permanent");
+        };
+        assert!(reason.contains("bad token [redacted]"), "{reason}");
     }
 
     #[tokio::test]
