@@ -340,9 +340,11 @@ pub(crate) async fn handle(
     delivery.ok_or(ServeError::Dropped)
 }
 
-fn decide(tcec: &mut TcecSim, interface: &str, bearer: Option<&str>, body: &[u8]) -> Decision {
+/// Parses the envelope, checks its Sig and decrypts its Data: `(OperatorID, Data)`, or the
+/// error reply.
+fn open_envelope(tcec: &TcecSim, body: &[u8]) -> Result<(String, Value), Decision> {
     let Ok(envelope) = serde_json::from_slice::<Value>(body) else {
-        return Decision::error(4003, "POST参数错误: not JSON", Value::Null);
+        return Err(Decision::error(4003, "POST参数错误: not JSON", Value::Null));
     };
     let field = |name: &str| envelope[name].as_str().map(str::to_owned);
     let (Some(operator_id), Some(data), Some(timestamp), Some(seq), Some(sig)) = (
@@ -352,20 +354,36 @@ fn decide(tcec: &mut TcecSim, interface: &str, bearer: Option<&str>, body: &[u8]
         field("Seq"),
         field("Sig"),
     ) else {
-        return Decision::error(4003, "POST参数错误: envelope fields missing", envelope);
+        return Err(Decision::error(
+            4003,
+            "POST参数错误: envelope fields missing",
+            envelope,
+        ));
     };
     if timestamp.len() != 14 || seq.len() != 4 {
-        return Decision::error(4003, "POST参数错误: TimeStamp/Seq", envelope);
+        return Err(Decision::error(
+            4003,
+            "POST参数错误: TimeStamp/Seq",
+            envelope,
+        ));
     }
     let expected = TcecSim::sign_with(&tcec.sig_secret, &[&operator_id, &data, &timestamp, &seq]);
     if !sig.eq_ignore_ascii_case(&expected) {
-        return Decision::error(4001, "签名错误", envelope);
+        return Err(Decision::error(4001, "签名错误", envelope));
     }
     let Some(params) = tcec
         .decrypt(&data)
         .and_then(|d| serde_json::from_str::<Value>(&d).ok())
     else {
-        return Decision::error(4001, "Data解密失败", envelope);
+        return Err(Decision::error(4001, "Data解密失败", envelope));
+    };
+    Ok((operator_id, params))
+}
+
+fn decide(tcec: &mut TcecSim, interface: &str, bearer: Option<&str>, body: &[u8]) -> Decision {
+    let (operator_id, params) = match open_envelope(tcec, body) {
+        Ok(opened) => opened,
+        Err(decision) => return decision,
     };
     if interface == QUERY_TOKEN {
         return query_token(tcec, &operator_id, params);
