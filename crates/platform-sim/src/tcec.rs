@@ -340,11 +340,15 @@ pub(crate) async fn handle(
     delivery.ok_or(ServeError::Dropped)
 }
 
+fn reject(ret: i64, msg: &str, params: Value) -> Box<Decision> {
+    Box::new(Decision::error(ret, msg, params))
+}
+
 /// Parses the envelope, checks its Sig and decrypts its Data: `(OperatorID, Data)`, or the
 /// error reply.
-fn open_envelope(tcec: &TcecSim, body: &[u8]) -> Result<(String, Value), Decision> {
+fn open_envelope(tcec: &TcecSim, body: &[u8]) -> Result<(String, Value), Box<Decision>> {
     let Ok(envelope) = serde_json::from_slice::<Value>(body) else {
-        return Err(Decision::error(4003, "POST参数错误: not JSON", Value::Null));
+        return Err(reject(4003, "POST参数错误: not JSON", Value::Null));
     };
     let field = |name: &str| envelope[name].as_str().map(str::to_owned);
     let (Some(operator_id), Some(data), Some(timestamp), Some(seq), Some(sig)) = (
@@ -354,28 +358,24 @@ fn open_envelope(tcec: &TcecSim, body: &[u8]) -> Result<(String, Value), Decisio
         field("Seq"),
         field("Sig"),
     ) else {
-        return Err(Decision::error(
+        return Err(reject(
             4003,
             "POST参数错误: envelope fields missing",
             envelope,
         ));
     };
     if timestamp.len() != 14 || seq.len() != 4 {
-        return Err(Decision::error(
-            4003,
-            "POST参数错误: TimeStamp/Seq",
-            envelope,
-        ));
+        return Err(reject(4003, "POST参数错误: TimeStamp/Seq", envelope));
     }
     let expected = TcecSim::sign_with(&tcec.sig_secret, &[&operator_id, &data, &timestamp, &seq]);
     if !sig.eq_ignore_ascii_case(&expected) {
-        return Err(Decision::error(4001, "签名错误", envelope));
+        return Err(reject(4001, "签名错误", envelope));
     }
     let Some(params) = tcec
         .decrypt(&data)
         .and_then(|d| serde_json::from_str::<Value>(&d).ok())
     else {
-        return Err(Decision::error(4001, "Data解密失败", envelope));
+        return Err(reject(4001, "Data解密失败", envelope));
     };
     Ok((operator_id, params))
 }
@@ -383,7 +383,7 @@ fn open_envelope(tcec: &TcecSim, body: &[u8]) -> Result<(String, Value), Decisio
 fn decide(tcec: &mut TcecSim, interface: &str, bearer: Option<&str>, body: &[u8]) -> Decision {
     let (operator_id, params) = match open_envelope(tcec, body) {
         Ok(opened) => opened,
-        Err(decision) => return decision,
+        Err(decision) => return *decision,
     };
     if interface == QUERY_TOKEN {
         return query_token(tcec, &operator_id, params);
