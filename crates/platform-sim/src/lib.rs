@@ -91,6 +91,7 @@ pub mod pyun;
 pub mod record;
 pub mod script;
 mod server;
+pub mod tcec;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -164,6 +165,11 @@ impl SimHandle {
     /// `<this>/query/result`, `<this>/queryChargeOrderDetail`.
     pub fn lbbtech_base_url(&self) -> String {
         format!("{}{}", self.shared.base_url, lbbtech::BASE_PATH)
+    }
+
+    /// `http://127.0.0.1:PORT/evcs/v20160701`, the T/CEC base; calls are `<this>/<interface>`.
+    pub fn tcec_url(&self) -> String {
+        format!("{}{}", self.shared.base_url, tcec::BASE_PATH)
     }
 
     /// Appends steps for the next requests with this `replenish_order`.

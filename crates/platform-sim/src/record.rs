@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::script::Step;
 
-/// The three simulated platforms.
+/// The simulated platforms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
@@ -18,16 +18,24 @@ pub enum Platform {
     Epeis,
     /// lbbtech start / poll / order detail.
     Lbbtech,
+    /// T/CEC 102 `query_token` and pushes (key: `StartChargeSeq` or `ConnectorID`).
+    Tcec,
 }
 
 impl Platform {
-    pub const ALL: [Platform; 3] = [Platform::Pyun, Platform::Epeis, Platform::Lbbtech];
+    pub const ALL: [Platform; 4] = [
+        Platform::Pyun,
+        Platform::Epeis,
+        Platform::Lbbtech,
+        Platform::Tcec,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Pyun => "pyun",
             Platform::Epeis => "epeis",
             Platform::Lbbtech => "lbbtech",
+            Platform::Tcec => "tcec",
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct Stats {
     pub pyun: PlatformStats,
     pub epeis: PlatformStats,
     pub lbbtech: PlatformStats,
+    #[serde(default)]
+    pub tcec: PlatformStats,
 }
 
 impl Stats {
@@ -114,6 +124,7 @@ impl Stats {
             Platform::Pyun => &self.pyun,
             Platform::Epeis => &self.epeis,
             Platform::Lbbtech => &self.lbbtech,
+            Platform::Tcec => &self.tcec,
         }
     }
 
@@ -122,6 +133,7 @@ impl Stats {
             Platform::Pyun => &mut self.pyun,
             Platform::Epeis => &mut self.epeis,
             Platform::Lbbtech => &mut self.lbbtech,
+            Platform::Tcec => &mut self.tcec,
         }
     }
 }

@@ -480,6 +480,8 @@ pub struct SimScript {
     pub epeis: HashMap<String, Vec<Step>>,
     #[serde(deserialize_with = "one_or_many")]
     pub lbbtech: HashMap<String, Vec<LbbScript>>,
+    /// T/CEC steps, see [`crate::tcec`].
+    pub tcec: crate::tcec::TcecScript,
     pub random: Option<RandomFaults>,
     pub clock_offset_ms: Option<i64>,
     pub wrong_secret: Option<WrongSecret>,

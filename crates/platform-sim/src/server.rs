@@ -66,6 +66,7 @@ pub(crate) struct State {
     pyun: pyun::Ledger,
     epeis: epeis::Ledger,
     lbb: Lbb,
+    pub(crate) tcec: crate::tcec::TcecSim,
     pub(crate) records: Records,
     pub(crate) outages: Outages,
 }
@@ -82,6 +83,7 @@ impl State {
             pyun: pyun::Ledger::default(),
             epeis: epeis::Ledger::default(),
             lbb: Lbb::default(),
+            tcec: crate::tcec::TcecSim::default(),
             records,
             outages: Outages::default(),
         }
@@ -102,6 +104,7 @@ impl State {
         for (sim_id, scripts) in script.lbbtech {
             self.scripts.push_lbbtech(&sim_id, scripts);
         }
+        self.tcec.apply_script(script.tcec);
         if let Some(random) = script.random {
             self.set_random_faults(random);
         }
@@ -394,6 +397,20 @@ async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Result<Rep
     let path = parts.uri.path();
     if let Some(control) = path.strip_prefix("/_sim/") {
         return Ok(control_api(shared, &parts.method, control, &body));
+    }
+    if let Some(interface) = path
+        .strip_prefix(crate::tcec::BASE_PATH)
+        .and_then(|p| p.strip_prefix('/'))
+    {
+        return crate::tcec::handle(
+            shared,
+            &parts.method,
+            &parts.headers,
+            path,
+            interface,
+            &body,
+        )
+        .await;
     }
     let Some(route) = route(path) else {
         return Ok(text(StatusCode::NOT_FOUND, "no such platform endpoint"));

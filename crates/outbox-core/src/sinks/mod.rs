@@ -10,6 +10,7 @@ pub mod lbbtech;
 pub mod pyun;
 pub mod send;
 mod settings;
+pub mod tcec;
 
 use std::future::Future;
 

@@ -8,3 +8,4 @@ mod http;
 mod lbbtech;
 mod outage;
 mod pyun;
+mod tcec;
