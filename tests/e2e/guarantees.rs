@@ -13,6 +13,7 @@ use outboxd_e2e::{charge_end, Env};
 use platform_sim::config::DEMO_EPEIS_CHANNEL_DID;
 use platform_sim::{Platform, Step};
 use serde_json::{json, Value};
+use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const RUN: Duration = Duration::from_secs(60);
@@ -196,4 +197,196 @@ async fn a_stall_longer_than_the_lease_keeps_the_verdicts_it_holds() {
         !log.contains("being delivered again elsewhere"),
         "no other worker runs: {log}"
     );
+}
+
+/// Waits until the daemon's log file has a line containing `needle`.
+async fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?} within {timeout:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy in front of Postgres that, once armed, forwards the first `COMMIT` it sees
+/// and then closes that connection without passing on the server's reply: the transaction
+/// commits, the client never learns it (a lost acknowledgement). Returns its port.
+async fn commit_eating_proxy(upstream: std::net::SocketAddr) -> u16 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let eat = Arc::new(AtomicBool::new(false));
+                let eat_up = eat.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let chunk = &buf[..n];
+                        if chunk.windows(6).any(|w| w == b"COMMIT")
+                            && armed.swap(false, Ordering::SeqCst)
+                        {
+                            eat_up.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                    if eat.load(Ordering::SeqCst) {
+                        // The COMMIT's reply: swallowed, and the connection dies.
+                        break;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    port
+}
+
+/// Issue 12 item 3: a lost COMMIT acknowledgement on Postgres. The round that claimed an
+/// epeis and a 4pyun row committed, but the worker never learned it. Before the fix, the
+/// rows stayed leased to the worker until the lease expired and came back in doubt: the
+/// epeis row, never sent, was parked as "outcome unknown". Now the next round releases the
+/// rows it holds but never sent, and each is delivered once.
+#[tokio::test]
+async fn a_lost_commit_acknowledgement_releases_the_unsent_rows() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let store = env.store().await;
+    let aid = "SA00000000000888";
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "LOST-1",
+        &charge_end("LOST-1"),
+    )
+    .await;
+    env.enqueue(&store, "epeis", EventType::Dosage, aid, &dosage(aid))
+        .await;
+    // postgres://user@host:port/db: the daemon connects through the proxy.
+    let at = env.db_url.find('@').unwrap() + 1;
+    let slash = at + env.db_url[at..].find('/').unwrap();
+    let host_port = &env.db_url[at..slash];
+    let upstream = tokio::net::lookup_host(host_port)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let port = commit_eating_proxy(upstream).await;
+    let proxied = format!(
+        "{}127.0.0.1:{port}{}",
+        &env.db_url[..at],
+        &env.db_url[slash..]
+    );
+    let text = config(&env, "").replace(&env.db_url, &proxied);
+    env.write_config_raw(&text);
+
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    wait_until(&store, RUN, "both rows final", |s| async move {
+        let p = status(&s, "pyun", "LOST-1").await;
+        let e = status(&s, "epeis", aid).await;
+        let open = |x: &Option<String>| matches!(x.as_deref(), Some("in_flight" | "pending"));
+        !s.dead_list(None, None, None, 10).await.unwrap().is_empty() || (!open(&p) && !open(&e))
+    })
+    .await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("released rows a failed round had claimed but never sent"),
+        "the COMMIT's reply was lost: {log}"
+    );
+    assert!(
+        store
+            .dead_list(None, None, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is dead-lettered: {:?}",
+        store.dead_list(None, None, None, 10).await.unwrap()
+    );
+    for (sink, key) in [("pyun", "LOST-1"), ("epeis", aid)] {
+        let row = store.row(sink, key).await.unwrap().unwrap();
+        assert_eq!(row.status, "delivered", "{sink}: {row:?}");
+        assert_eq!(
+            row.attempts, 1,
+            "{sink}: the released claim is not counted: {row:?}"
+        );
+    }
+    assert_eq!(env.sim.request_count(Platform::Pyun, "LOST-1"), 1);
+    assert_eq!(env.sim.applied_count(Platform::Epeis, aid), 1);
+}
+
+/// Issue 12 item 3: a hung query does not stall the loop. Another session holds an
+/// exclusive lock on `outbox`; the worker's round waits on it. Before the fix, the round
+/// waited as long as the lock was held, silently (the loop stopped going round, and the
+/// watchdog would kill the daemon); now it fails after `worker.store_timeout`, is logged,
+/// retried, and deliveries resume when the lock goes.
+#[tokio::test]
+async fn a_hung_query_fails_the_round_after_the_store_timeout() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    env.write_config_raw(&config(&env, "store_timeout = \"1s\""));
+    let store = env.store().await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    wait_for_log(&log, "outboxd worker started", RUN).await;
+
+    let mut locker = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    let text = wait_for_log(&log, "did not answer within worker.store_timeout", RUN).await;
+    assert!(
+        locked_at.elapsed() < Duration::from_secs(8),
+        "reported {:?} after the lock: {text}",
+        locked_at.elapsed()
+    );
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    // Deliveries resume.
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "HUNG-1",
+        &charge_end("HUNG-1"),
+    )
+    .await;
+    wait_until(&store, RUN, "the row delivered", |s| async move {
+        status(&s, "pyun", "HUNG-1").await.as_deref() == Some("delivered")
+    })
+    .await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
 }

@@ -43,6 +43,15 @@ use slots::{ClaimPlan, SinkSlot};
 /// and a runaway producer must not make the daemon hold megabytes per row.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// Why a store call of the loop failed: the database said no, or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the database did not answer within worker.store_timeout ({0:?})")]
+    TimedOut(Duration),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("sink setup failed: {0}")]
@@ -244,6 +253,8 @@ struct Worker<'c> {
     grace_deadline: Option<Instant>,
     /// When the leases of the rows in flight were last renewed (the start of that round).
     renewed_at: Instant,
+    /// A round that claimed failed: rows may be leased to this worker that it never got.
+    unsent_unknown: bool,
 }
 
 impl<'c> Worker<'c> {
@@ -284,6 +295,7 @@ impl<'c> Worker<'c> {
             known,
             paused: None,
             renewed_at: now,
+            unsent_unknown: false,
             counters: Counters::default(),
             metrics: opts.metrics,
             heartbeat: opts.heartbeat,
@@ -343,14 +355,15 @@ impl<'c> Worker<'c> {
             return;
         }
         let held = self.held_ids();
-        let r = housekeeping::housekeep(
-            &self.store,
-            &self.known,
-            (&self.owner, &held),
-            now_ms(),
-            &self.counters,
-        )
-        .await;
+        let r = self
+            .call(housekeeping::housekeep(
+                &self.store,
+                &self.known,
+                (&self.owner, &held),
+                now_ms(),
+                &self.counters,
+            ))
+            .await;
         match r {
             // Not proof the database is healthy again: these statements rarely write, and a
             // full disk still answers reads. Only a cycle that records verdicts or claims
@@ -398,20 +411,22 @@ impl<'c> Worker<'c> {
         if !round.db_ready || (self.pending.is_empty() && plan.is_empty() && !renew_due) {
             return None;
         }
+        if self.unsent_unknown && !self.release_unsent().await {
+            round.db_ready = false;
+            return None;
+        }
         // Every round renews the leases of the rows still being delivered.
         let renew: Vec<i64> = self.in_flight.values().map(|f| f.row_id).collect();
         let (started, now) = (Instant::now(), now_ms());
-        let result = self
-            .store
-            .cycle_renewing(
-                &self.owner,
-                &self.pending,
-                &plan.claims,
-                &renew,
-                now,
-                now + self.lease_ms,
-            )
-            .await;
+        let cycle = self.store.cycle_renewing(
+            &self.owner,
+            &self.pending,
+            &plan.claims,
+            &renew,
+            now,
+            now + self.lease_ms,
+        );
+        let result = self.call(cycle).await;
         match result {
             Ok((lost, claimed)) => {
                 // Only a round that wrote proves the database writable again (a full disk
@@ -436,9 +451,48 @@ impl<'c> Worker<'c> {
             Err(e) => {
                 self.health.failed("recording verdicts and claiming", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
+                // The claims may have committed unseen (a lost COMMIT acknowledgement):
+                // give back what this worker holds but never sent, before claiming again.
+                self.unsent_unknown |= !plan.is_empty();
                 // No housekeeping on a failing database this round.
                 round.db_ready = false;
                 None
+            }
+        }
+    }
+
+    /// Runs one store call of the loop, bounded by `worker.store_timeout`: a hung query must
+    /// not stall the loop until the watchdog kills the process.
+    async fn call<T, E: Into<CallError>>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.wc.store_timeout, fut).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(CallError::TimedOut(self.wc.store_timeout)),
+        }
+    }
+
+    /// After a failed round that claimed: releases the rows leased to this worker that it
+    /// does not hold, not in doubt (they were never sent). Returns whether it succeeded.
+    async fn release_unsent(&mut self) -> bool {
+        let held = self.held_ids();
+        let release = self.store.release_unsent(&self.owner, &held, now_ms());
+        match self.call(release).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::warn!(
+                        rows = n,
+                        "released rows a failed round had claimed but never sent"
+                    );
+                }
+                self.unsent_unknown = false;
+                true
+            }
+            Err(e) => {
+                self.health.failed("releasing unsent rows", &e);
+                self.next_db_try = Instant::now() + self.health.backoff();
+                false
             }
         }
     }
@@ -525,7 +579,7 @@ impl<'c> Worker<'c> {
             .filter(|s| s.held.is_some())
             .map(|s| s.name.as_str())
             .collect();
-        match self.store.stats(now_ms()).await {
+        match self.call(self.store.stats(now_ms())).await {
             Ok(stats) => {
                 let open: i64 = stats
                     .iter()
