@@ -390,3 +390,145 @@ async fn a_hung_query_fails_the_round_after_the_store_timeout() {
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
+
+/// The admin listener's address, from the daemon's log.
+async fn admin_addr(log: &Path) -> std::net::SocketAddr {
+    let text = wait_for_log(log, "\"bound\"", RUN).await;
+    let line = text.lines().find(|l| l.contains("\"bound\"")).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    v["bound"].as_str().unwrap().parse().unwrap()
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Bulk-inserts `n` delivered 4pyun rows (kept rows the statistics scan reads).
+async fn insert_delivered(env: &Env, n: u64) {
+    let pool = sqlx::SqlitePool::connect(&env.db_url).await.unwrap();
+    let day_ago = outbox_core::clock::now_ms() - 86_400_000;
+    sqlx::query(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+         INSERT INTO outbox (sink, event_type, idempotency_key, payload, status, attempts, \
+                             finished_at, last_attempt_at, created_at) \
+         SELECT 'pyun', 'charge_end', 'KEPT-' || i, '{{}}', 'delivered', 1, {day_ago}, {day_ago}, {day_ago} FROM n"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// Issue 12 item 9: `/metrics` scrapes do not stall deliveries. With many kept rows, the
+/// statistics scan takes a while; two scrapers hammer `/metrics` while rows are enqueued
+/// one at a time. Before the fix the scan ran on the daemon's only SQLite connection, so
+/// each delivery waited for the scan in progress; now the listener has its own connection
+/// and the scan is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_scrapes_do_not_stall_deliveries() {
+    let env = Env::sqlite().await;
+    env.write_config_raw(&config(&env, ""));
+    insert_delivered(&env, 400_000).await;
+    let store = env.store().await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    let admin = admin_addr(&log).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let scrapers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, scraped) = (stop.clone(), scraped.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (code, text) = http_get(admin, "/metrics").await;
+                    assert_eq!(code, 200, "{text}");
+                    scraped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + RUN;
+    while scraped.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "no scrape answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut latencies = Vec::new();
+    for i in 0..8 {
+        let key = format!("LAT-{i}");
+        let t0 = outbox_core::clock::now_ms();
+        env.enqueue(
+            &store,
+            "pyun",
+            EventType::ChargeEnd,
+            &key,
+            &charge_end(&key),
+        )
+        .await;
+        let deadline = Instant::now() + RUN;
+        let received = loop {
+            let seen = env
+                .sim
+                .requests()
+                .into_iter()
+                .find(|r| r.key.as_deref() == Some(&key));
+            if let Some(r) = seen {
+                break r.received_at_ms;
+            }
+            assert!(Instant::now() < deadline, "{key} not delivered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        latencies.push(received - t0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in scrapers {
+        s.await.unwrap();
+    }
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    let scrapes = scraped.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("insert-to-request latencies {latencies:?} ms with {scrapes} scrapes");
+    let worst = *latencies.iter().max().unwrap();
+    assert!(
+        worst < 500,
+        "insert-to-request latency {latencies:?} ms with {scrapes} scrapes"
+    );
+}
+
+/// Issue 12 item 9: a row whose `sink` is not text (a BLOB written by a producer) does not
+/// break `/metrics`.
+#[tokio::test]
+async fn a_row_with_a_non_text_sink_does_not_break_metrics() {
+    let env = Env::sqlite().await;
+    env.write_config_raw(&config(&env, ""));
+    let pool = sqlx::SqlitePool::connect(&env.db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+         VALUES (x'707975', 'charge_end', 'BLOB-SINK', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    let admin = admin_addr(&log).await;
+    let (code, text) = http_get(admin, "/metrics").await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("{sink=\"pyu\"}"), "{text}");
+}
