@@ -532,3 +532,57 @@ async fn a_row_with_a_non_text_sink_does_not_break_metrics() {
     assert_eq!(code, 200, "{text}");
     assert!(text.contains("{sink=\"pyu\"}"), "{text}");
 }
+
+/// Issue 12 item 7 (health): `/healthz` reports a worker whose store rounds keep failing
+/// while the process is alive and the database answers a ping. Another session holds an
+/// exclusive lock on `outbox` (the ping reads another table); every round times out. Before
+/// the fix `/healthz` answered 200 "ok" all along (the loop kept going round); now it
+/// answers 503 naming the failure once it lasted `admin.stall_after`, and 200 again after.
+#[tokio::test]
+async fn healthz_reports_a_worker_whose_rounds_keep_failing() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let text = config(&env, "store_timeout = \"1s\"").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nstall_after = \"8s\"",
+    );
+    env.write_config_raw(&text);
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    let admin = admin_addr(&log).await;
+    let deadline = Instant::now() + RUN;
+    while http_get(admin, "/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "/healthz never answered 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut locker = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    let (code, body) = loop {
+        let (code, body) = http_get(admin, "/healthz").await;
+        if code != 200 || locked_at.elapsed() > Duration::from_secs(20) {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("database unavailable to the worker: its rounds have failed for"),
+        "{body}"
+    );
+    assert!(body.contains("worker.store_timeout"), "{body}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    let deadline = Instant::now() + RUN;
+    while http_get(admin, "/healthz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "/healthz did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz` (200 when the
-//! database answers and the worker loop is going round, 503 otherwise, with the reason).
+//! database answers and the worker loop is going round and its store rounds succeed, 503
+//! otherwise, with the reason; a failure counts once it lasted `stall_after`).
 //! Bound to loopback by default: the figures name sinks.
 //!
 //! Scrapes must never stall deliveries: the listener reads through a store of its own (its
@@ -144,10 +145,17 @@ impl Admin {
                         format!("database unavailable: {e}\n"),
                     );
                 }
-                match self.metrics.since_tick_ms() {
-                    Some(ms) if ms <= self.stall_after.as_millis() as i64 => {
-                        text(StatusCode::OK, "ok\n".into())
+                let stall_after = self.stall_after.as_millis() as i64;
+                if let Some((ms, why)) = self.metrics.failing_for_ms() {
+                    if ms > stall_after {
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("database unavailable to the worker: its rounds have failed for {ms} ms: {why}\n"),
+                        );
                     }
+                }
+                match self.metrics.since_tick_ms() {
+                    Some(ms) if ms <= stall_after => text(StatusCode::OK, "ok\n".into()),
                     Some(ms) => text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("worker loop stalled: last went round {ms} ms ago\n"),

@@ -36,6 +36,10 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// When the worker loop last went round (epoch ms): `/healthz` fails when it stalls.
     last_tick: AtomicI64,
+    /// Since when the worker loop's store rounds fail (epoch ms; 0 while they succeed), and
+    /// the first error: `/healthz` fails when they keep failing.
+    failing_since: AtomicI64,
+    failure: Mutex<String>,
 }
 
 impl Metrics {
@@ -60,6 +64,29 @@ impl Metrics {
 
     pub fn tick(&self) {
         self.last_tick.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A store round of the worker loop failed (the first failure of a run is kept).
+    pub fn round_failed(&self, reason: &str) {
+        let mut failure = self.failure.lock().expect("metrics lock");
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            *failure = reason.to_string();
+            self.failing_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A store round of the worker loop succeeded.
+    pub fn round_ok(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the worker loop's store rounds have been failing, and the first error.
+    pub fn failing_for_ms(&self) -> Option<(i64, String)> {
+        let failure = self.failure.lock().expect("metrics lock");
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some((now_ms() - t, failure.clone())),
+        }
     }
 
     /// Milliseconds since the worker loop last went round (`None` before it started).
@@ -208,5 +235,20 @@ mod tests {
         );
         assert!(text.contains("outboxd_queue_pending{sink=\"pyun\"} 7"));
         assert!(text.contains("outboxd_dead_letter_rows{sink=\"pyun\"} 2"));
+    }
+
+    #[test]
+    fn failing_rounds_keep_their_first_reason_until_a_round_succeeds() {
+        let m = Metrics::default();
+        assert_eq!(m.failing_for_ms(), None);
+        m.round_failed("claiming: locked");
+        m.round_failed("claiming: still locked");
+        let (ms, why) = m.failing_for_ms().unwrap();
+        assert!(ms >= 0);
+        assert_eq!(why, "claiming: locked");
+        m.round_ok();
+        assert_eq!(m.failing_for_ms(), None);
+        m.round_failed("again");
+        assert_eq!(m.failing_for_ms().unwrap().1, "again");
     }
 }

@@ -370,10 +370,14 @@ impl<'c> Worker<'c> {
             // rows clears a failure, so the log does not flap.
             Ok(paused) => {
                 self.paused = Some(paused);
+                if self.pending.is_empty() {
+                    // Nothing waits to be written: the database serves this worker again.
+                    self.metrics.round_ok();
+                }
                 self.next_housekeeping = Instant::now() + self.wc.poll_interval;
             }
             Err(e) => {
-                self.health.failed("housekeeping", &e);
+                self.store_failed("housekeeping", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
             }
         }
@@ -429,6 +433,7 @@ impl<'c> Worker<'c> {
         let result = self.call(cycle).await;
         match result {
             Ok((lost, claimed)) => {
+                self.metrics.round_ok();
                 // Only a round that wrote proves the database writable again (a full disk
                 // still answers a claim that finds nothing).
                 if !self.pending.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
@@ -449,7 +454,7 @@ impl<'c> Worker<'c> {
                 Some(claimed)
             }
             Err(e) => {
-                self.health.failed("recording verdicts and claiming", &e);
+                self.store_failed("recording verdicts and claiming", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
                 // The claims may have committed unseen (a lost COMMIT acknowledgement):
                 // give back what this worker holds but never sent, before claiming again.
@@ -459,6 +464,13 @@ impl<'c> Worker<'c> {
                 None
             }
         }
+    }
+
+    /// A store call of the loop failed: logged once per outage (see [`DbHealth`]), and
+    /// reported to `/healthz`, which fails once the failures last `admin.stall_after`.
+    fn store_failed(&mut self, what: &str, e: &CallError) {
+        self.health.failed(what, e);
+        self.metrics.round_failed(&format!("{what}: {e}"));
     }
 
     /// Runs one store call of the loop, bounded by `worker.store_timeout`: a hung query must
@@ -490,7 +502,7 @@ impl<'c> Worker<'c> {
                 true
             }
             Err(e) => {
-                self.health.failed("releasing unsent rows", &e);
+                self.store_failed("releasing unsent rows", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
                 false
             }
@@ -595,7 +607,7 @@ impl<'c> Worker<'c> {
                     return true;
                 }
             }
-            Err(e) => self.health.failed("status", &e),
+            Err(e) => self.store_failed("status", &e),
         }
         false
     }
