@@ -716,3 +716,6 @@ impl<'c> Worker<'c> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
