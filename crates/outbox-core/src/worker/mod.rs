@@ -354,22 +354,28 @@ impl<'c> Worker<'c> {
         if round.stopping || !round.db_ready || Instant::now() < self.next_housekeeping {
             return;
         }
-        let held = self.held_ids();
-        let r = self
-            .call(housekeeping::housekeep(
-                &self.store,
-                &self.known,
-                (&self.owner, &held),
-                now_ms(),
-                &self.counters,
-            ))
-            .await;
+        // The pauses first, on their own: claims wait for them, and must not wait for the
+        // rest of housekeeping to succeed too.
+        let r = match self.call(self.store.paused_sinks()).await {
+            Ok(paused) => {
+                self.paused = Some(paused);
+                let held = self.held_ids();
+                let pass = housekeeping::housekeep(
+                    &self.store,
+                    &self.known,
+                    (&self.owner, &held),
+                    now_ms(),
+                    &self.counters,
+                );
+                self.call(pass).await
+            }
+            Err(e) => Err(e),
+        };
         match r {
             // Not proof the database is healthy again: these statements rarely write, and a
             // full disk still answers reads. Only a cycle that records verdicts or claims
             // rows clears a failure, so the log does not flap.
-            Ok(paused) => {
-                self.paused = Some(paused);
+            Ok(()) => {
                 if self.pending.is_empty() {
                     // Nothing waits to be written: the database serves this worker again.
                     self.metrics.round_ok();
