@@ -100,11 +100,6 @@ impl Metrics {
     pub fn render(&self, stats: &[SinkStats]) -> String {
         let g = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
         out.push_str("# HELP outboxd_deliveries_total Delivery steps by sink and outcome, by this process.\n");
         out.push_str("# TYPE outboxd_deliveries_total counter\n");
         for ((sink, outcome), n) in &g.outcomes {
@@ -148,57 +143,67 @@ impl Metrics {
                 h.count
             );
         }
-        let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&SinkStats) -> f64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for st in stats {
-                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(&st.sink), f(st));
-            }
-        };
-        gauge(
-            &mut out,
-            "outboxd_queue_pending",
-            "Rows waiting (first attempt, retry or next flow step).",
-            &|s| s.pending as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_queue_in_flight",
-            "Rows claimed under a lease.",
-            &|s| s.in_flight as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_queue_due",
-            "Pending rows due now.",
-            &|s| s.due_now as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_oldest_pending_age_seconds",
-            "Age of the oldest unfinished row.",
-            &|s| s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0,
-        );
-        gauge(
-            &mut out,
-            "outboxd_dead_letter_rows",
-            "Rows in the dead-letter table.",
-            &|s| s.dead as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_hint_rows",
-            "Delivered rows whose success reply carried a hint.",
-            &|s| s.hints as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_sink_paused",
-            "1 when an operator paused the sink.",
-            &|s| u8::from(s.paused) as f64,
-        );
+        drop(g);
+        render_gauges(&mut out, stats);
         out
     }
+}
+
+/// The queue gauges, one series per sink, from the store's statistics.
+fn render_gauges(out: &mut String, stats: &[SinkStats]) {
+    let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&SinkStats) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for st in stats {
+            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(&st.sink), f(st));
+        }
+    };
+    gauge(
+        out,
+        "outboxd_queue_pending",
+        "Rows waiting (first attempt, retry or next flow step).",
+        &|s| s.pending as f64,
+    );
+    gauge(
+        out,
+        "outboxd_queue_in_flight",
+        "Rows claimed under a lease.",
+        &|s| s.in_flight as f64,
+    );
+    gauge(out, "outboxd_queue_due", "Pending rows due now.", &|s| {
+        s.due_now as f64
+    });
+    gauge(
+        out,
+        "outboxd_oldest_pending_age_seconds",
+        "Age of the oldest unfinished row.",
+        &|s| s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    gauge(
+        out,
+        "outboxd_dead_letter_rows",
+        "Rows in the dead-letter table.",
+        &|s| s.dead as f64,
+    );
+    gauge(
+        out,
+        "outboxd_hint_rows",
+        "Delivered rows whose success reply carried a hint.",
+        &|s| s.hints as f64,
+    );
+    gauge(
+        out,
+        "outboxd_sink_paused",
+        "1 when an operator paused the sink.",
+        &|s| u8::from(s.paused) as f64,
+    );
+}
+
+/// Escapes a label value (Prometheus text format).
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
