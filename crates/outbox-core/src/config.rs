@@ -357,7 +357,10 @@ mod tests {
         let a = &c.sinks["a"];
         assert_eq!(a.settings.timeout, Duration::from_secs(3));
         assert_eq!(a.platform.type_name(), "pyun");
-        assert_eq!(a.platform.event_type(), crate::event::EventType::ChargeEnd);
+        assert_eq!(
+            a.platform.event_types(),
+            [crate::event::EventType::ChargeEnd]
+        );
     }
 
     /// Issue 12 item 5: plain http only to loopback, unless the sink allows it; a proxy only
