@@ -449,7 +449,10 @@ mod wired {
             json!({"pushes": {"D": [{"confirm_result": 1}], "F": [{"bad_sig": true}]}}),
         );
         let disputed = sink.deliver(&order("D")).await;
-        let Verdict::Delivered { hint: Some(hint), .. } = &disputed.verdict else {
+        let Verdict::Delivered {
+            hint: Some(hint), ..
+        } = &disputed.verdict
+        else {
             panic!("{disputed:?}");
         };
         assert!(hint.contains("ConfirmResult 1"), "{hint}");
