@@ -52,7 +52,9 @@ pub struct Tcec {
     order_url: String,
     status_url: String,
     spelling: MoneySpelling,
-    session: Session,
+    /// Boxed: the protocol state is most of the sink, and the registry's enum of built
+    /// platforms is as large as its largest member.
+    session: Box<Session>,
     http: Sender,
     /// Why the platform refused the credentials (`FailReason` 1/2): the sink is held until it
     /// is rebuilt from a reloaded config (SIGHUP), which starts with this empty.
@@ -89,13 +91,13 @@ impl Platform for Tcec {
             order_url: url(Interface::ChargeOrder)?,
             status_url: url(Interface::StationStatus)?,
             spelling: config.money_spelling,
-            session: Session::new(
+            session: Box::new(Session::new(
                 config.operator_id.clone(),
                 secrets.operator_secret,
                 keys,
                 CHINA_UTC_OFFSET_SECS,
                 config.token_refresh_margin,
-            ),
+            )),
             http,
             refused: Mutex::new(None),
         })
