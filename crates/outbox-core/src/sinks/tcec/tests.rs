@@ -336,28 +336,35 @@ mod wired {
     use crate::outcome::{StepOutcome, Verdict};
     use crate::sinks::{Sink, SinkConfig};
 
-    /// A `tcec` sink at the simulator, its OperatorSecret `operator_secret`; the other three
-    /// secrets from files in `dir`.
-    fn sink(sim: &SimHandle, dir: &tempfile::TempDir, operator_secret: &str) -> Sink {
+    /// A `tcec` section at `url`, its OperatorSecret `operator_secret`; all four secrets
+    /// from files in `dir`, the other three the simulator's.
+    fn section(url: &str, dir: &tempfile::TempDir, operator_secret: &str) -> String {
         let file = |name: &str, value: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, value).unwrap();
             path.display().to_string()
         };
-        let text = format!(
-            "type = \"tcec\"\nurl = {:?}\noperator_id = {:?}\nsecret_file = {:?}\n\
+        format!(
+            "type = \"tcec\"\nurl = {url:?}\noperator_id = {:?}\nsecret_file = {:?}\n\
              data_secret_file = {:?}\ndata_secret_iv_file = {:?}\nsig_secret_file = {:?}\n\
              timeout = \"2s\"",
-            sim.tcec_url(),
             sim_tcec::DEMO_OPERATOR_ID,
             file("operator", operator_secret),
             file("data", sim_tcec::DEMO_DATA_SECRET),
             file("iv", sim_tcec::DEMO_DATA_SECRET_IV),
             file("sig", sim_tcec::DEMO_SIG_SECRET),
-        );
-        let cfg: SinkConfig = toml::from_str(&text).unwrap();
+        )
+    }
+
+    fn build(section: &str) -> Sink {
+        let cfg: SinkConfig = toml::from_str(section).unwrap();
         assert_eq!(cfg.check("city"), Vec::<String>::new());
         Sink::build("city", &cfg).unwrap()
+    }
+
+    /// A `tcec` sink at the simulator.
+    fn sink(sim: &SimHandle, dir: &tempfile::TempDir, operator_secret: &str) -> Sink {
+        build(&section(&sim.tcec_url(), dir, operator_secret))
     }
 
     fn row(event_type: &str, key: &str, payload: serde_json::Value) -> ClaimedRow {
@@ -494,6 +501,33 @@ mod wired {
             fixed.deliver(&order("W")).await.verdict,
             Verdict::Delivered { .. }
         ));
+    }
+
+    /// Like every sink's: a 3xx is never followed (it would carry the envelope elsewhere) and
+    /// is permanent, with the Location in the reason.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply = "HTTP/1.1 302 Found\r\nlocation: http://elsewhere.invalid/x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/evcs/v1");
+        let outcome = build(&section(&url, &dir, sim_tcec::DEMO_OPERATOR_SECRET))
+            .deliver(&order("R"))
+            .await;
+        assert!(
+            matches!(&outcome.verdict, Verdict::Permanent { reason } if reason.contains("redirect to http://elsewhere.invalid/x")),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.info.http_status, Some(302));
     }
 
     #[tokio::test]
