@@ -10,3 +10,4 @@ mod postgres;
 mod pyun;
 mod send;
 mod service;
+mod tcec;

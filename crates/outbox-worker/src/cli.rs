@@ -94,7 +94,7 @@ pub struct SinkArg {
 pub struct EnqueueArgs {
     #[arg(long)]
     pub sink: String,
-    /// charge_end, dosage or charge_start
+    /// charge_end, dosage, charge_start, charge_order or connector_status
     #[arg(long = "type")]
     pub event_type: String,
     /// Idempotency key (unique per sink); a second enqueue with the same key is ignored.

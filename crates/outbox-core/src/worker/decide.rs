@@ -92,8 +92,8 @@ pub(crate) fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<Stri
             "the row cannot be read as text: {problem}; fix the producer"
         ));
     }
-    let expected = sink.event_type();
-    if row.event_type != expected.as_str() {
+    let expected = sink.event_types_text();
+    if !sink.accepts(&row.event_type) {
         return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.type_name(), row.event_type));
     }
     if row.payload.len() > MAX_PAYLOAD_BYTES {
