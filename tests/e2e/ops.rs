@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use outbox_core::clock::now_ms;
 use outbox_core::event::{EventType, NewEvent};
-use outbox_core::store::{SinkStats, Store};
+use outbox_core::store::{Engine, SinkStats, Store};
 use outboxd_e2e::{bin, charge_end, Env};
 use platform_sim::{Platform, SimConfig, Step};
 use serde_json::Value;
@@ -1306,13 +1306,13 @@ async fn dead_id(store: &Store, key: &str) -> i64 {
 /// Runs a statement the operator commands do not offer (back-dating rows, so "old" needs
 /// no waiting).
 async fn sql(store: &Store, statement: &str) -> u64 {
-    match store {
-        Store::Sqlite(s) => sqlx::query(statement)
+    match store.engine() {
+        Engine::Sqlite(s) => sqlx::query(statement)
             .execute(s.pool())
             .await
             .expect(statement)
             .rows_affected(),
-        Store::Postgres(p) => sqlx::query(statement)
+        Engine::Postgres(p) => sqlx::query(statement)
             .execute(p.pool())
             .await
             .expect(statement)

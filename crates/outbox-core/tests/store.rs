@@ -25,7 +25,7 @@ use outbox_core::store::postgres::{self as pg_store, PgStore};
 use outbox_core::store::sqlite as sqlite_store;
 use outbox_core::store::wake::Wake;
 use outbox_core::store::{
-    Action, Completion, OpenOptions, SchemaState, SinkStats, Store, StoreError,
+    Action, Completion, Engine, OpenOptions, SchemaState, SinkStats, Store, StoreError,
 };
 use sqlx::Connection;
 use tokio::time::Instant;
@@ -117,10 +117,7 @@ impl Db {
     }
 
     fn pg(&self) -> &PgStore {
-        match &self.store {
-            Store::Postgres(pg) => pg,
-            Store::Sqlite(_) => panic!("not a Postgres store"),
-        }
+        self.store.postgres().expect("a Postgres store")
     }
 
     fn sqlite_path(&self) -> PathBuf {
@@ -308,7 +305,10 @@ async fn claim(s: &Store, sink: &str, owner: &str, limit: u32, now: i64) -> Vec<
 }
 
 async fn complete(s: &Store, owner: &str, batch: Vec<Completion>, now: i64) -> u64 {
-    s.complete(owner, &batch, now).await.expect("complete")
+    s.cycle(owner, &batch, &[], now, now + LEASE)
+        .await
+        .expect("complete")
+        .0
 }
 
 async fn status(s: &Store, sink: &str, key: &str) -> String {
@@ -330,8 +330,8 @@ async fn sink_stats(s: &Store, sink: &str, now: i64) -> SinkStats {
 
 /// Enqueues many rows in one producer transaction, through the backend's `enqueue_in`.
 async fn enqueue_all(s: &Store, events: &[NewEvent]) {
-    match s {
-        Store::Sqlite(st) => {
+    match s.engine() {
+        Engine::Sqlite(st) => {
             let mut tx = st
                 .pool()
                 .begin_with("BEGIN IMMEDIATE")
@@ -344,7 +344,7 @@ async fn enqueue_all(s: &Store, events: &[NewEvent]) {
             }
             tx.commit().await.expect("commit");
         }
-        Store::Postgres(st) => {
+        Engine::Postgres(st) => {
             let mut tx = st.pool().begin().await.expect("begin");
             for e in events {
                 pg_store::enqueue_in(&mut *tx, e).await.expect("enqueue_in");
@@ -394,8 +394,8 @@ async fn enqueue_ignores_a_duplicate_key(db: &Db) {
 async fn enqueue_in_a_producer_transaction(db: &Db) {
     let s = &db.store;
     // Rolled back: the event goes with the producer's business rows.
-    match s {
-        Store::Sqlite(st) => {
+    match s.engine() {
+        Engine::Sqlite(st) => {
             let mut tx = st.pool().begin().await.unwrap();
             assert!(
                 sqlite_store::enqueue_in(&mut *tx, &ev("pyun", "rolled-back"))
@@ -404,7 +404,7 @@ async fn enqueue_in_a_producer_transaction(db: &Db) {
             );
             tx.rollback().await.unwrap();
         }
-        Store::Postgres(st) => {
+        Engine::Postgres(st) => {
             let mut tx = st.pool().begin().await.unwrap();
             assert!(pg_store::enqueue_in(&mut *tx, &ev("pyun", "rolled-back"))
                 .await
@@ -988,9 +988,9 @@ async fn schema_state_empty_then_current(db: &Db) {
         s.require_current_schema(&db.url).await,
         Err(StoreError::Schema(_))
     ));
-    let embedded: Vec<i64> = match s {
-        Store::Sqlite(_) => sqlite_store::MIGRATOR.iter().map(|m| m.version).collect(),
-        Store::Postgres(_) => pg_store::MIGRATOR.iter().map(|m| m.version).collect(),
+    let embedded: Vec<i64> = match s.engine() {
+        Engine::Sqlite(_) => sqlite_store::MIGRATOR.iter().map(|m| m.version).collect(),
+        Engine::Postgres(_) => pg_store::MIGRATOR.iter().map(|m| m.version).collect(),
     };
     assert_eq!(embedded[0], 1);
     assert_eq!(
@@ -1304,7 +1304,7 @@ async fn cycle_records_verdicts_then_claims(db: &Db) {
 async fn wake_on_new_rows(db: &Db) {
     let s = &db.store;
     let mut wake = Wake::new(s.clone(), Duration::from_millis(5));
-    if let Store::Postgres(_) = s {
+    if s.postgres().is_some() {
         // The listener starts on first use and wakes the worker once (rows may have
         // arrived before it listened).
         let t = Instant::now();
@@ -1415,7 +1415,7 @@ print(sqlite3.sqlite_version)
         }
         if !rows.is_empty() {
             let batch: Vec<Completion> = rows.iter().map(|r| completion(r, delivered())).collect();
-            s.complete("w", &batch, now_ms())
+            s.cycle("w", &batch, &[], now_ms(), now_ms() + LEASE)
                 .await
                 .expect("complete while another process writes");
         } else if producer_done.is_none() {
