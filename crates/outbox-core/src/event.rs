@@ -84,4 +84,7 @@ pub struct ClaimedRow {
     /// Set when a previous lease expired while the row was in flight: the previous attempt
     /// may or may not have reached the platform.
     pub in_doubt: bool,
+    /// Why the row cannot be delivered as read (a column that is not text), found by the
+    /// claim; the worker dead-letters such a row with this reason instead of sending it.
+    pub defect: Option<String>,
 }

@@ -167,7 +167,7 @@ pub fn decide(
 /// Checks a claimed row before its sink sees it: wrong event type, oversized payload.
 fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
     // The store marks a row whose columns are not text (see store/sqlite.rs).
-    if let Some(problem) = row.payload.strip_prefix('\0') {
+    if let Some(problem) = &row.defect {
         return Some(format!(
             "the row cannot be read as text: {problem}; fix the producer"
         ));

@@ -1790,3 +1790,52 @@ async fn requeue_resumes_a_flow_from_its_last_state(db: &Db) {
         "the flow state came back with the row"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Round 2: delivery guarantees
+// ---------------------------------------------------------------------------------------
+
+/// Runs a SQLite-only test body on a fresh, migrated database.
+async fn on_sqlite(body: for<'a> fn(&'a Db) -> BoxFuture<'a>) {
+    Db::sqlite(true).await.run(body).await;
+}
+
+/// Runs a statement a producer or an operator would run by hand (no parameters).
+async fn exec(s: &Store, statement: &str) -> u64 {
+    let done = match s.engine() {
+        Engine::Sqlite(st) => sqlx::query(statement)
+            .execute(st.pool())
+            .await
+            .map(|d| d.rows_affected()),
+        Engine::Postgres(st) => sqlx::query(statement)
+            .execute(st.pool())
+            .await
+            .map(|d| d.rows_affected()),
+    };
+    done.unwrap_or_else(|e| panic!("{statement}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_non_text_row_comes_back_with_a_defect() {
+    on_sqlite(|db| Box::pin(non_text_row_comes_back_with_a_defect(db))).await;
+}
+
+async fn non_text_row_comes_back_with_a_defect(db: &Db) {
+    let s = &db.store;
+    enqueue_all(s, &[ev("pyun", "good")]).await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+         VALUES ('pyun', 'charge_end', 'bad', CAST(x'7b22ff7d' AS BLOB))",
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    assert_eq!(keys(&rows), ["good", "bad"]);
+    assert_eq!(rows[0].defect, None);
+    let defect = rows[1].defect.as_deref().expect("a defect");
+    assert!(defect.contains("`payload` is not valid UTF-8"), "{defect}");
+    assert!(
+        !rows[1].payload.starts_with('\0'),
+        "no sentinel in the payload"
+    );
+}

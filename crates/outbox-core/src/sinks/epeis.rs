@@ -1571,6 +1571,7 @@ mod tests {
             attempts: 2,
             flow_state: None,
             in_doubt,
+            defect: None,
         }
     }
 

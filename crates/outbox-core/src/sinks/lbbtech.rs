@@ -1229,6 +1229,7 @@ mod tests {
             attempts: 2,
             flow_state: None,
             in_doubt: true,
+            defect: None,
         };
         assert!(before_start(&row).as_ref().is_some_and(is_unknown));
         row.in_doubt = false;
@@ -1558,6 +1559,7 @@ mod tests {
             attempts: 1,
             flow_state: None,
             in_doubt: false,
+            defect: None,
         };
         let out = sink.deliver(&row).await;
         let all = format!("{out:?}");

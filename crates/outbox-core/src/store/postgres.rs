@@ -107,6 +107,7 @@ fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
         attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
         in_doubt: r.try_get("in_doubt")?,
+        defect: None,
     })
 }
 

@@ -136,13 +136,7 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     let ordering_key = r
         .try_get::<Option<Vec<u8>>, _>("ordering_key")?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    // The worker dead-letters a row whose payload starts with NUL, naming the problem: no
-    // JSON document starts with one.
-    let payload = if bad.is_empty() {
-        payload
-    } else {
-        format!("\0{}", bad.join("; "))
-    };
+    let defect = (!bad.is_empty()).then(|| bad.join("; "));
     Ok(ClaimedRow {
         id: r.try_get("id")?,
         sink: r.try_get("sink")?,
@@ -154,6 +148,7 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
         attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
         in_doubt: r.try_get::<i64, _>("in_doubt")? != 0,
+        defect,
     })
 }
 
