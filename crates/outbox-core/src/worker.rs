@@ -28,7 +28,7 @@ use crate::retry::{Decision, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::sinks::Sink;
 use crate::store::wake::Wake;
-use crate::store::{Action, Completion, Store};
+use crate::store::{Action, Completion, DeadKind, Store};
 
 /// Payloads above this are dead-lettered unread: no platform here takes more than a few KB,
 /// and a runaway producer must not make the daemon hold megabytes per row.
@@ -125,6 +125,7 @@ pub fn decide(
                 error: reason.to_string(),
             },
             Decision::GiveUp(why) => Action::Dead {
+                kind: DeadKind::Expired,
                 reason: format!("{why}; last error: {reason}"),
                 last_reply: None,
             },
@@ -144,11 +145,13 @@ pub fn decide(
             retry_after,
         } => retry(reason, *retry_after),
         Verdict::Permanent { reason } => Action::Dead {
+            kind: DeadKind::Permanent,
             reason: reason.clone(),
             last_reply: None,
         },
         Verdict::Ambiguous { reason } if sink.retry_ambiguous() => retry(reason, None),
         Verdict::Ambiguous { reason } => Action::Dead {
+            kind: DeadKind::Unknown,
             reason: reason.clone(),
             last_reply: None,
         },
@@ -682,8 +685,15 @@ fn finish(
         Ok((_, (row, outcome))) => {
             let unit = rand::rng().random::<f64>();
             let mut action = decide(&outcome.verdict, &row, &slot.sink, &slot.policy, now, unit);
-            if let Action::Dead { last_reply, .. } = &mut action {
+            if let Action::Dead {
+                kind, last_reply, ..
+            } = &mut action
+            {
                 last_reply.clone_from(&outcome.info.reply);
+                // A row the precheck refused was never sent (same check, same answer).
+                if precheck(&row, &slot.name, &slot.sink).is_some() {
+                    *kind = DeadKind::Invalid;
+                }
             }
             log_verdict(&slot.name, &row, &outcome, &action);
             Completion {
@@ -702,7 +712,7 @@ fn finish(
                 id: f.row_id,
                 sink: slot.name.clone(),
                 attempt: f.attempt,
-                action: Action::Dead { reason: format!("internal error while delivering (panic: {msg}); please report it with this row"), last_reply: None },
+                action: Action::Dead { kind: DeadKind::Internal, reason: format!("internal error while delivering (panic: {msg}); please report it with this row"), last_reply: None },
                 info: Some(crate::outcome::AttemptInfo { started_at: now, error: Some(format!("panic: {msg}")), ..Default::default() }),
                 outcome_label: "panic",
             }

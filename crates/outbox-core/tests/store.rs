@@ -25,7 +25,7 @@ use outbox_core::store::postgres::{self as pg_store, PgStore};
 use outbox_core::store::sqlite as sqlite_store;
 use outbox_core::store::wake::Wake;
 use outbox_core::store::{
-    Action, Completion, Engine, OpenOptions, SchemaState, SinkStats, Store, StoreError,
+    Action, Completion, DeadKind, Engine, OpenOptions, SchemaState, SinkStats, Store, StoreError,
 };
 use sqlx::Connection;
 use tokio::time::Instant;
@@ -214,6 +214,7 @@ store_tests!(
     ordering_keys_hold_under_concurrent_claimers,
     wake_on_new_rows,
     cycle_records_verdicts_then_claims,
+    dead_kind_is_backfilled_and_written(unmigrated),
 );
 
 // ---------------------------------------------------------------------------------------
@@ -289,6 +290,7 @@ fn delivered() -> Action {
 
 fn dead(reason: &str) -> Action {
     Action::Dead {
+        kind: DeadKind::Permanent,
         reason: reason.into(),
         last_reply: Some("HTTP 400".into()),
     }
@@ -618,6 +620,7 @@ async fn complete_applies_each_action(db: &Db) {
         completion(
             by_key["dead"],
             Action::Dead {
+                kind: DeadKind::Permanent,
                 reason: "rejected: bad plate".into(),
                 last_reply: Some(r#"{"code":400}"#.into()),
             },
@@ -1838,4 +1841,156 @@ async fn non_text_row_comes_back_with_a_defect(db: &Db) {
         !rows[1].payload.starts_with('\0'),
         "no sentinel in the payload"
     );
+}
+
+/// Applies this backend's migrations up to `version` only (an older outboxd's schema), with
+/// the same files, so a later `migrate()` continues from there.
+async fn migrate_up_to(s: &Store, version: i64) {
+    let backend = s.backend();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../migrations/{backend}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(&src).expect("migrations dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let v: i64 = name.split('_').next().unwrap().parse().expect("numbered");
+        if v <= version {
+            std::fs::copy(&path, dir.path().join(&name)).expect("copy");
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .expect("migrator");
+    match s.engine() {
+        Engine::Sqlite(st) => migrator.run(st.pool()).await,
+        Engine::Postgres(st) => migrator.run(st.pool()).await,
+    }
+    .expect("migrating to an older schema");
+}
+
+async fn dead_kind_is_backfilled_and_written(db: &Db) {
+    let s = &db.store;
+    migrate_up_to(s, 2).await;
+    let reasons = [
+        ("k-unknown", "outcome unknown: epeis answered HTTP 200 without a CODE"),
+        ("k-expired", "gave up after 8 attempts (max_attempts = 8); last error: HTTP 503"),
+        ("k-internal", "internal error while delivering (panic: boom); please report it with this row"),
+        ("k-sink", "sink 'gone' is not configured: add [sinks.gone] to the config, or fix the producer, then requeue"),
+        ("k-text", "the row cannot be read as text: `payload` is not valid UTF-8 text (3 bytes); fix the producer"),
+        ("k-size", "payload is 2000000 bytes, above the 1048576 byte limit: no platform accepts it"),
+        ("k-type", "sink pyun (type 4pyun) delivers charge_end events, not \"dosage\": fix the producer's event_type or sink"),
+        ("k-perm", "rejected: bad plate (code 400)"),
+    ];
+    for (i, (key, reason)) in reasons.iter().enumerate() {
+        exec(
+            s,
+            &format!(
+                "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, created_at, \
+                                          attempts, reason, dead_at) \
+                 VALUES ({}, 'pyun', 'charge_end', '{key}', '{{}}', 1, 1, '{}', 2)",
+                i + 1,
+                reason.replace('\'', "''")
+            ),
+        )
+        .await;
+    }
+    s.migrate().await.expect("migrating the rest");
+    let kinds: HashMap<String, DeadKind> = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.idempotency_key, d.kind))
+        .collect();
+    let expected = [
+        ("k-unknown", DeadKind::Unknown),
+        ("k-expired", DeadKind::Expired),
+        ("k-internal", DeadKind::Internal),
+        ("k-sink", DeadKind::UnknownSink),
+        ("k-text", DeadKind::Invalid),
+        ("k-size", DeadKind::Invalid),
+        ("k-type", DeadKind::Invalid),
+        ("k-perm", DeadKind::Permanent),
+    ];
+    for (key, kind) in expected {
+        assert_eq!(kinds[key], kind, "{key}");
+    }
+    let unknown = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.idempotency_key == "k-unknown")
+        .unwrap();
+    assert!(unknown.requeue_may_duplicate());
+
+    // New rows: the worker's kind is written as given, whatever the reason says.
+    let now = now_ms();
+    enqueue_all(
+        s,
+        &[
+            ev("pyun", "n-unknown"),
+            ev("pyun", "n-invalid"),
+            ev("gone", "n-sink"),
+        ],
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    let batch = vec![
+        completion(
+            by_key["n-unknown"],
+            Action::Dead {
+                kind: DeadKind::Unknown,
+                reason: "the platform may have applied it".into(),
+                last_reply: None,
+            },
+        ),
+        completion(
+            by_key["n-invalid"],
+            Action::Dead {
+                kind: DeadKind::Invalid,
+                reason: "outcome unknown (text that says otherwise)".into(),
+                last_reply: None,
+            },
+        ),
+    ];
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+    s.dead_letter_unknown_sinks(&["pyun".to_string()], now)
+        .await
+        .unwrap();
+    let kinds: HashMap<String, DeadKind> = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.idempotency_key, d.kind))
+        .collect();
+    assert_eq!(kinds["n-unknown"], DeadKind::Unknown);
+    assert_eq!(kinds["n-invalid"], DeadKind::Invalid);
+    assert_eq!(kinds["n-sink"], DeadKind::UnknownSink);
+    // The producers' view reads the kind too.
+    let outcome = |key: &'static str| async move {
+        let sql = format!(
+            "SELECT outcome FROM outbox_outcomes WHERE sink = 'pyun' AND idempotency_key = '{key}'"
+        );
+        match s.engine() {
+            Engine::Sqlite(st) => {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .fetch_one(st.pool())
+                    .await
+            }
+            Engine::Postgres(st) => {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .fetch_one(st.pool())
+                    .await
+            }
+        }
+        .unwrap()
+    };
+    assert_eq!(outcome("n-unknown").await, "unknown");
+    assert_eq!(outcome("n-invalid").await, "dead");
+    assert_eq!(outcome("k-unknown").await, "unknown");
 }

@@ -452,6 +452,7 @@ async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
                 d.attempts
             ),
         ),
+        ("kind", d.kind.to_string()),
         ("reason", p.red(&d.reason)),
     ];
     if let Some(k) = &d.ordering_key {

@@ -34,6 +34,63 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Why a row was dead-lettered: the typed `outbox_dead.kind` column. The reason text
+/// beside it is for people; code reads this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadKind {
+    /// The platform refused the event.
+    Permanent,
+    /// Outcome unknown: the platform may have applied it.
+    Unknown,
+    /// Retries or `max_age` exhausted on transient failures.
+    Expired,
+    /// Unreadable, oversized or of the wrong event type: never sent.
+    Invalid,
+    /// The delivery panicked.
+    Internal,
+    /// Addressed to a sink this worker's config does not have.
+    UnknownSink,
+}
+
+impl DeadKind {
+    pub const ALL: [DeadKind; 6] = [
+        DeadKind::Permanent,
+        DeadKind::Unknown,
+        DeadKind::Expired,
+        DeadKind::Invalid,
+        DeadKind::Internal,
+        DeadKind::UnknownSink,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadKind::Permanent => "permanent",
+            DeadKind::Unknown => "unknown",
+            DeadKind::Expired => "expired",
+            DeadKind::Invalid => "invalid",
+            DeadKind::Internal => "internal",
+            DeadKind::UnknownSink => "unknown_sink",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        DeadKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown dead-letter kind {s:?}"))
+    }
+}
+
 /// What happens to a claimed row after a delivery step, as decided by the worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -58,6 +115,7 @@ pub enum Action {
     },
     /// Move to `outbox_dead`.
     Dead {
+        kind: DeadKind,
         reason: String,
         last_reply: Option<String>,
     },
@@ -120,6 +178,7 @@ pub struct DeadRow {
     pub ordering_key: Option<String>,
     pub created_at: i64,
     pub attempts: i64,
+    pub kind: DeadKind,
     pub reason: String,
     pub last_reply: Option<String>,
     pub dead_at: i64,
@@ -131,7 +190,7 @@ impl DeadRow {
     /// Whether requeueing may apply the event a second time: the platform may already have
     /// applied it (outcome unknown), and there is no flow state to resume safely from.
     pub fn requeue_may_duplicate(&self) -> bool {
-        self.reason.starts_with("outcome unknown") && self.flow_state.is_none()
+        self.kind == DeadKind::Unknown && self.flow_state.is_none()
     }
 }
 
@@ -366,6 +425,8 @@ pub(crate) fn dead_row(r: &impl Cols) -> std::result::Result<DeadRow, sqlx::Erro
         ordering_key: r.opt_text("ordering_key")?,
         created_at: r.int("created_at")?,
         attempts: r.int("attempts")?,
+        // The column's CHECK admits only known kinds.
+        kind: r.text("kind")?.parse().unwrap_or(DeadKind::Permanent),
         reason: r.text("reason")?,
         last_reply: r.opt_text("last_reply")?,
         dead_at: r.int("dead_at")?,

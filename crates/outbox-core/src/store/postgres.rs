@@ -130,6 +130,14 @@ impl super::Cols for PgRow {
     }
 }
 
+/// Dead-letter completions: id, reason, last reply, kind.
+type DeadColumns = (
+    Vec<i64>,
+    Vec<String>,
+    Vec<Option<String>>,
+    Vec<&'static str>,
+);
+
 /// Completions of one kind, as parallel arrays for `unnest`.
 #[derive(Default)]
 struct Batch {
@@ -138,7 +146,7 @@ struct Batch {
     retry: (Vec<i64>, Vec<i64>, Vec<String>),
     cont: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>),
     release: (Vec<i64>, Vec<bool>),
-    dead: (Vec<i64>, Vec<String>, Vec<Option<String>>),
+    dead: DeadColumns,
 }
 
 /// The attempt history entries of a batch, as parallel arrays for `unnest`.
@@ -327,10 +335,15 @@ impl PgStore {
                     b.release.0.push(c.id);
                     b.release.1.push(*in_doubt);
                 }
-                Action::Dead { reason, last_reply } => {
+                Action::Dead {
+                    kind,
+                    reason,
+                    last_reply,
+                } => {
                     b.dead.0.push(c.id);
                     b.dead.1.push(reason.clone());
                     b.dead.2.push(last_reply.clone());
+                    b.dead.3.push(kind.as_str());
                 }
             }
             if let Some(info) = &c.info {
@@ -429,19 +442,21 @@ impl PgStore {
         }
         if !b.dead.0.is_empty() {
             applied += sqlx::query(&format!(
-                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(id, reason, last_reply)), \
+                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) \
+                            AS u(id, reason, last_reply, kind)), \
                       moved AS (DELETE FROM outbox o USING u WHERE {OWNED} \
-                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply) \
+                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply, u.kind AS dead_kind) \
                  INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                          created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
                  SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                        dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
+                        dead_kind, dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
             ))
             .bind(owner)
             .bind(now)
             .bind(&b.dead.0)
             .bind(&b.dead.1)
             .bind(&b.dead.2)
+            .bind(&b.dead.3)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -592,8 +607,8 @@ impl Backend for PgStore {
                 WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
                 RETURNING *) \
              INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                                      created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
                     'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
                     NULL, flow_state, $1 FROM moved ORDER BY id",
         )

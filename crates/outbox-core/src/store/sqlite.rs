@@ -381,18 +381,19 @@ async fn complete_in(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),
-                Action::Dead { reason, last_reply } => {
+                Action::Dead { kind, reason, last_reply } => {
                     let moved = sqlx::query(&format!(
                         "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                                  created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                                                  created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
                          SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                                ?3, ?4, flow_state, ?5 FROM outbox WHERE {owned}"
+                                ?6, ?3, ?4, flow_state, ?5 FROM outbox WHERE {owned}"
                     ))
                     .bind(c.id)
                     .bind(owner)
                     .bind(reason)
                     .bind(last_reply)
                     .bind(now)
+                    .bind(kind.as_str())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -536,8 +537,8 @@ impl Backend for SqliteStore {
                       AND sink NOT IN (SELECT value FROM json_each(?2))";
             sqlx::query(&format!(
             "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                                      created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
                     'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
                     NULL, flow_state, ?1 FROM outbox WHERE {filter}"
         ))
