@@ -3,6 +3,7 @@
 
 mod cli;
 mod epeis;
+mod keys;
 mod lbbtech;
 mod ops;
 mod postgres;

@@ -170,6 +170,12 @@ impl Metrics {
             "1 when an operator paused the sink.",
             &|s| u8::from(s.paused) as f64,
         );
+        gauge(
+            &mut out,
+            "outboxd_ignored_reinserts",
+            "Producer inserts of an already known idempotency key, ignored (never sent twice).",
+            &|s| s.ignored_reinserts as f64,
+        );
         out
     }
 }

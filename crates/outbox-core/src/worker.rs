@@ -306,6 +306,13 @@ async fn retention_task(store: Store, retention: Duration) {
                 if n > 0 {
                     tracing::debug!(rows = n, "pruned finished rows past retention");
                 }
+                // Keys outlive their rows by far (400 days): forget the oldest few.
+                if let Err(e) = store
+                    .prune_keys(now_ms(), crate::store::DEFAULT_KEY_RETENTION, BATCH)
+                    .await
+                {
+                    tracing::debug!(error = %e, "pruning keys failed; trying again later");
+                }
                 idle
             }
             Err(e) => {

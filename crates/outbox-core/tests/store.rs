@@ -215,6 +215,7 @@ store_tests!(
     wake_on_new_rows,
     cycle_records_verdicts_then_claims,
     dead_kind_is_backfilled_and_written(unmigrated),
+    known_keys_are_never_accepted_twice,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -861,7 +862,7 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
     let dead_id = s.dead_ids("pyun").await.unwrap()[0];
 
     let later_now = now + 1_000;
-    s.requeue(dead_id, later_now).await.unwrap();
+    s.requeue(dead_id, later_now, false).await.unwrap();
     assert_eq!(s.dead_get(dead_id).await.unwrap(), None);
     let v = s.row("pyun", "k").await.unwrap().unwrap();
     assert_eq!(v.id, id, "the same id, so its history stays attached");
@@ -891,10 +892,18 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
     .await;
     assert_eq!(s.attempts(id).await.unwrap().len(), 2);
 
-    // The producer sent the event again meanwhile: the requeue must not make two.
+    // The producer sends the event again meanwhile: ignored, the key is known.
     let dead_id = s.dead_ids("pyun").await.unwrap()[0];
+    assert!(!s.enqueue(&ev("pyun", "k")).await.unwrap());
+    // A row of the key in the outbox all the same (inserted before keys were remembered, or
+    // after key_retention): the requeue must not make two.
+    exec(
+        s,
+        "DELETE FROM outbox_keys WHERE sink = 'pyun' AND idempotency_key = 'k'",
+    )
+    .await;
     s.enqueue(&ev("pyun", "k")).await.unwrap();
-    match s.requeue(dead_id, later_now).await {
+    match s.requeue(dead_id, later_now, false).await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("already has a row"), "{msg}"),
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -903,7 +912,7 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
         "the dead row stays"
     );
     assert!(matches!(
-        s.requeue(dead_id + 1000, later_now).await,
+        s.requeue(dead_id + 1000, later_now, false).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -1492,7 +1501,7 @@ async fn requeued_row_waits_for_the_in_flight_row_of_its_key(db: &Db) {
     complete(s, "w", vec![completion(&a1[0], dead("rejected"))], now).await;
     let a2 = claim(s, "pyun", "w", 10, now).await;
     assert_eq!(keys(&a2), ["a2"]);
-    s.requeue(s.dead_ids("pyun").await.unwrap()[0], now)
+    s.requeue(s.dead_ids("pyun").await.unwrap()[0], now, false)
         .await
         .unwrap();
     assert!(
@@ -1782,7 +1791,7 @@ async fn requeue_resumes_a_flow_from_its_last_state(db: &Db) {
         now,
     )
     .await;
-    s.requeue(s.dead_ids("lbb").await.unwrap()[0], now)
+    s.requeue(s.dead_ids("lbb").await.unwrap()[0], now, false)
         .await
         .unwrap();
     let again = claim(s, "lbb", "w", 10, now).await;
@@ -1993,4 +2002,95 @@ async fn dead_kind_is_backfilled_and_written(db: &Db) {
     assert_eq!(outcome("n-unknown").await, "unknown");
     assert_eq!(outcome("n-invalid").await, "dead");
     assert_eq!(outcome("k-unknown").await, "unknown");
+}
+
+async fn dead_row_of(s: &Store, key: &str) -> outbox_core::store::DeadRow {
+    s.dead_list(None, None, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|d| d.idempotency_key == key)
+        .unwrap_or_else(|| panic!("{key} is not dead-lettered"))
+}
+
+/// Issue 12 item 1: a key once accepted is never accepted again (until `key_retention`),
+/// whatever became of its row; only an operator's requeue sends it again.
+async fn known_keys_are_never_accepted_twice(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    enqueue_all(s, &[ev("pyun", "delivered"), ev("pyun", "dead")]).await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    let parked = Action::Dead {
+        kind: DeadKind::Unknown,
+        reason: "outcome unknown: no CODE".into(),
+        last_reply: None,
+    };
+    let batch = vec![
+        completion(by_key["delivered"], delivered()),
+        completion(by_key["dead"], parked),
+    ];
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+
+    // Re-inserted after delivery and after dead-lettering, same payload: ignored.
+    assert!(!s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+    assert!(!s.enqueue(&ev("pyun", "dead")).await.unwrap());
+    assert_eq!(dead_row_of(s, "dead").await.correction_payload, None);
+    // A plain INSERT and an INSERT .. ON CONFLICT DO NOTHING: no error, no row.
+    let changed = r#"{"order":"dead","amount":2}"#;
+    exec(
+        s,
+        &format!(
+            "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+             VALUES ('pyun', 'charge_end', 'dead', '{changed}')"
+        ),
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+         VALUES ('pyun', 'charge_end', 'delivered', '{}') ON CONFLICT DO NOTHING",
+    )
+    .await;
+    assert!(
+        claim(s, "pyun", "w", 10, now + 1).await.is_empty(),
+        "nothing to send"
+    );
+    assert_eq!(status(s, "pyun", "delivered").await, "delivered");
+    // The different payload is kept beside the dead row: the producer's correction.
+    let d = dead_row_of(s, "dead").await;
+    assert_eq!(d.correction_payload.as_deref(), Some(changed));
+    assert!(d.correction_at.is_some());
+    assert_eq!(sink_stats(s, "pyun", now).await.ignored_reinserts, 4);
+
+    // Retention pruned the delivered row: its key is still known.
+    assert_eq!(s.prune_finished(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(s.row("pyun", "delivered").await.unwrap().is_none());
+    assert!(!s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+    assert_eq!(sink_stats(s, "pyun", now).await.ignored_reinserts, 5);
+    // Only after key_retention is it a new event again (the dead row's key stays known).
+    let year = Duration::from_secs(365 * 24 * 3600);
+    assert_eq!(s.prune_keys(now_ms(), year, 100).await.unwrap(), 0);
+    assert_eq!(
+        s.prune_keys(now_ms() + 2 * 365 * 24 * 3_600_000, year, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+
+    // The operator's requeue sends the key again, with the correction on request.
+    let d = dead_row_of(s, "dead").await;
+    s.requeue(d.id, now_ms(), true).await.unwrap();
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    let again = rows
+        .iter()
+        .find(|r| r.idempotency_key == "dead")
+        .expect("requeued");
+    assert_eq!(again.payload, changed);
+    assert_eq!(again.id, d.outbox_id, "under its old id");
 }

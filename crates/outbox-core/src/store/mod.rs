@@ -34,6 +34,10 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long accepted idempotency keys are remembered (so a re-insert is ignored): 400
+/// days, far longer than any retention of delivered rows.
+pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// Why a row was dead-lettered: the typed `outbox_dead.kind` column. The reason text
 /// beside it is for people; code reads this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -164,6 +168,9 @@ pub struct SinkStats {
     pub hints: i64,
     pub paused: bool,
     pub last_error: Option<String>,
+    /// Producers' inserts of keys already known (delivered, dead-lettered or pruned rows),
+    /// ignored so that nothing is applied twice.
+    pub ignored_reinserts: i64,
 }
 
 /// A dead-lettered row.
@@ -184,6 +191,10 @@ pub struct DeadRow {
     pub dead_at: i64,
     /// Where a multi-step flow stood (lbbtech); a requeue resumes from it.
     pub flow_state: Option<String>,
+    /// A payload the producer inserted again under this key after the row died (its
+    /// correction), and when; `dead requeue --latest` sends it.
+    pub correction_payload: Option<String>,
+    pub correction_at: Option<i64>,
 }
 
 impl DeadRow {
@@ -300,9 +311,11 @@ pub trait Backend: Send + Sync + 'static {
 
     fn attempts(&self, outbox_id: i64) -> BoxFuture<'_, Result<Vec<AttemptRow>>>;
 
-    /// Moves a dead row back to pending with its attempts reset (history kept). Fails with
-    /// `Conflict` if a row with the same (sink, key) is already in the outbox.
-    fn requeue(&self, dead_id: i64, now: i64) -> BoxFuture<'_, Result<()>>;
+    /// Moves a dead row back to pending with its attempts reset (history kept); with
+    /// `latest`, with the producer's correction payload if one came. The only way a known
+    /// key is sent again. Fails with `Conflict` if a row with the same (sink, key) is
+    /// already in the outbox.
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>>;
 
     fn dead_ids<'a>(&'a self, sink: &'a str) -> BoxFuture<'a, Result<Vec<i64>>>;
 
@@ -310,6 +323,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes up to `batch` final rows (and their history) finished before `before`.
     fn prune_finished(&self, before: i64, batch: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Forgets up to `batch` accepted keys first seen more than `key_retention` before
+    /// `now` whose rows are gone from `outbox` and `outbox_dead`: after that, an insert of
+    /// the key is a new event again. See [`DEFAULT_KEY_RETENTION`].
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>>;
 
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -431,6 +454,8 @@ pub(crate) fn dead_row(r: &impl Cols) -> std::result::Result<DeadRow, sqlx::Erro
         last_reply: r.opt_text("last_reply")?,
         dead_at: r.int("dead_at")?,
         flow_state: r.opt_text("flow_state")?,
+        correction_payload: r.opt_text("correction_payload")?,
+        correction_at: r.opt_int("correction_at")?,
     })
 }
 
@@ -479,6 +504,7 @@ pub(crate) fn sink_stats(r: &impl Cols, now: i64) -> std::result::Result<SinkSta
         hints: r.int("hints")?,
         paused: r.flag("paused")?,
         last_error: r.opt_text("last_error")?,
+        ignored_reinserts: r.int("ignored_reinserts")?,
     })
 }
 

@@ -684,17 +684,19 @@ impl Backend for PgStore {
                 FROM outbox WHERE status IN ('delivered', 'done') GROUP BY sink), \
              d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              sinks AS (SELECT sink FROM o UNION SELECT sink FROM f UNION SELECT sink FROM d \
-                       UNION SELECT sink FROM outbox_sinks) \
+                       UNION SELECT sink FROM outbox_sinks UNION SELECT sink FROM outbox_key_repeats) \
              SELECT s.sink, \
                coalesce(o.pending, 0) AS pending, coalesce(o.in_flight, 0) AS in_flight, \
                coalesce(o.due_now, 0) AS due_now, o.oldest, \
                coalesce(f.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
                coalesce(f.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
                coalesce(d.dead, 0) AS dead, coalesce(f.hints, 0) AS hints, \
-               coalesce(p.paused, false) AS paused, o.last_error \
+               coalesce(p.paused, false) AS paused, o.last_error, \
+               coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN r ON r.sink = s.sink \
                   LEFT JOIN f ON f.sink = s.sink LEFT JOIN d ON d.sink = s.sink \
                   LEFT JOIN outbox_sinks p ON p.sink = s.sink \
+                  LEFT JOIN outbox_key_repeats k ON k.sink = s.sink \
              ORDER BY s.sink COLLATE \"C\"",
         )
         .bind(now)
@@ -765,7 +767,7 @@ impl Backend for PgStore {
         })
     }
 
-    fn requeue(&self, dead_id: i64, now: i64) -> BoxFuture<'_, Result<()>> {
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
             // Locked, so two operators requeueing the same row at once requeue it once.
@@ -779,6 +781,22 @@ impl Backend for PgStore {
                 )));
             };
             let d = super::dead_row(&d)?;
+            let payload = match (&d.correction_payload, latest) {
+                (Some(corrected), true) => corrected,
+                _ => &d.payload,
+            };
+            // The key's record points at this row again: the known-key trigger lets an
+            // insert under the row's old id through, and only this one.
+            sqlx::query(
+                "INSERT INTO outbox_keys (sink, idempotency_key, outbox_id, first_seen) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (sink, idempotency_key) DO UPDATE SET outbox_id = excluded.outbox_id",
+            )
+            .bind(&d.sink)
+            .bind(&d.idempotency_key)
+            .bind(d.outbox_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             // Same id as before, so the attempt history stays attached and ordering keys keep
             // the row's original place; a multi-step flow resumes from its last state (an
             // lbbtech row that died while verifying verifies again, it does not start again).
@@ -792,7 +810,7 @@ impl Backend for PgStore {
         .bind(&d.sink)
         .bind(&d.event_type)
         .bind(&d.idempotency_key)
-        .bind(&d.payload)
+        .bind(payload)
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
@@ -842,6 +860,31 @@ impl Backend for PgStore {
                 .rows_affected();
             tx.commit().await?;
             Ok(n)
+        })
+    }
+
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = now - crate::clock::ms(key_retention);
+            let done = sqlx::query(
+                "DELETE FROM outbox_keys WHERE (sink, idempotency_key) IN ( \
+                    SELECT k.sink, k.idempotency_key FROM outbox_keys k WHERE k.first_seen < $1 \
+                      AND NOT EXISTS (SELECT 1 FROM outbox o \
+                                      WHERE o.sink = k.sink AND o.idempotency_key = k.idempotency_key) \
+                      AND NOT EXISTS (SELECT 1 FROM outbox_dead d \
+                                      WHERE d.sink = k.sink AND d.idempotency_key = k.idempotency_key) \
+                    LIMIT $2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 

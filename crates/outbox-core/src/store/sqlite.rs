@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -622,7 +622,8 @@ impl Backend for SqliteStore {
                 GROUP BY sink), \
              sinks AS ( \
                 SELECT sink FROM pending UNION SELECT sink FROM flight UNION SELECT sink FROM final \
-                UNION SELECT sink FROM dead UNION SELECT sink FROM outbox_sinks) \
+                UNION SELECT sink FROM dead UNION SELECT sink FROM outbox_sinks \
+                UNION SELECT sink FROM outbox_key_repeats) \
              SELECT s.sink AS sink, \
                     coalesce(p.pending, 0) AS pending, coalesce(f.in_flight, 0) AS in_flight, \
                     coalesce(p.due_now, 0) AS due_now, \
@@ -630,7 +631,8 @@ impl Backend for SqliteStore {
                     coalesce(x.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
                     coalesce(x.done, 0) AS done, coalesce(p.retrying, 0) AS retrying, \
                     coalesce(d.dead, 0) AS dead, coalesce(x.hints, 0) AS hints, \
-                    coalesce(z.paused, 0) AS paused, e.last_error AS last_error \
+                    coalesce(z.paused, 0) AS paused, e.last_error AS last_error, \
+                    coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s \
              LEFT JOIN pending p ON p.sink = s.sink \
              LEFT JOIN flight f ON f.sink = s.sink \
@@ -639,6 +641,7 @@ impl Backend for SqliteStore {
              LEFT JOIN dead d ON d.sink = s.sink \
              LEFT JOIN errors e ON e.sink = s.sink \
              LEFT JOIN outbox_sinks z ON z.sink = s.sink \
+             LEFT JOIN outbox_key_repeats k ON k.sink = s.sink \
              ORDER BY s.sink",
         )
         .bind(now)
@@ -709,7 +712,7 @@ impl Backend for SqliteStore {
         })
     }
 
-    fn requeue(&self, dead_id: i64, now: i64) -> BoxFuture<'_, Result<()>> {
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let mut tx = WriteTx::begin(&self.pool).await?;
             let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
@@ -722,6 +725,22 @@ impl Backend for SqliteStore {
                 )));
             };
             let d = super::dead_row(&d)?;
+            let payload = match (&d.correction_payload, latest) {
+                (Some(corrected), true) => corrected,
+                _ => &d.payload,
+            };
+            // The key's record points at this row again: the known-key trigger lets an
+            // insert under the row's old id through, and only this one.
+            sqlx::query(
+                "INSERT INTO outbox_keys (sink, idempotency_key, outbox_id, first_seen) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (sink, idempotency_key) DO UPDATE SET outbox_id = excluded.outbox_id",
+            )
+            .bind(&d.sink)
+            .bind(&d.idempotency_key)
+            .bind(d.outbox_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             // Same id as before, so the attempt history stays attached and ordering keys keep
             // the row's original place; a multi-step flow resumes from its last state (an
             // lbbtech row that died while verifying verifies again, it does not start again).
@@ -735,7 +754,7 @@ impl Backend for SqliteStore {
         .bind(&d.sink)
         .bind(&d.event_type)
         .bind(&d.idempotency_key)
-        .bind(&d.payload)
+        .bind(payload)
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
@@ -807,6 +826,31 @@ impl Backend for SqliteStore {
                     return Ok(purged);
                 }
             }
+        })
+    }
+
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = now - crate::clock::ms(key_retention);
+            let done = sqlx::query(
+                "DELETE FROM outbox_keys WHERE rowid IN ( \
+                    SELECT k.rowid FROM outbox_keys k WHERE k.first_seen < ?1 \
+                      AND NOT EXISTS (SELECT 1 FROM outbox o \
+                                      WHERE o.sink = k.sink AND o.idempotency_key = k.idempotency_key) \
+                      AND NOT EXISTS (SELECT 1 FROM outbox_dead d \
+                                      WHERE d.sink = k.sink AND d.idempotency_key = k.idempotency_key) \
+                    LIMIT ?2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 
