@@ -15,7 +15,7 @@ UPDATE outbox_dead SET kind = CASE
     WHEN reason LIKE 'gave up after %' THEN 'expired'
     WHEN reason LIKE 'internal error while delivering%' THEN 'internal'
     WHEN reason LIKE 'sink % is not configured:%' THEN 'unknown_sink'
-    WHEN reason LIKE 'the row cannot be read as text%'
+    WHEN reason LIKE 'the row cannot be read%'
       OR reason LIKE 'payload is % bytes, above the %'
       OR reason LIKE 'sink % (type %) delivers % events, not %' THEN 'invalid'
     ELSE 'permanent'

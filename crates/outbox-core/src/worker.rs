@@ -172,7 +172,7 @@ fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
     // The store marks a row whose columns are not text (see store/sqlite.rs).
     if let Some(problem) = &row.defect {
         return Some(format!(
-            "the row cannot be read as text: {problem}; fix the producer"
+            "the row cannot be read: {problem}; fix the producer"
         ));
     }
     let expected = sink.kind().event_type();

@@ -2094,3 +2094,68 @@ async fn known_keys_are_never_accepted_twice(db: &Db) {
     assert_eq!(again.payload, changed);
     assert_eq!(again.id, d.outbox_id, "under its old id");
 }
+
+/// Issue 12 item 7: a producer row with a REAL time (Python's `time.time() * 1000`) is
+/// claimed with a defect naming the column; the other rows are claimed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_real_time_column_marks_only_its_row() {
+    on_sqlite(|db| Box::pin(a_real_time_column_marks_only_its_row(db))).await;
+}
+
+async fn a_real_time_column_marks_only_its_row(db: &Db) {
+    let s = &db.store;
+    enqueue_all(s, &[ev("pyun", "before")]).await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, created_at) \
+         VALUES ('pyun', 'charge_end', 'real-created', '{}', 1700000000123.456)",
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, not_before) \
+         VALUES ('pyun', 'charge_end', 'real-due', '{}', 1000.5)",
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, created_at) \
+         VALUES ('pyun', 'charge_end', 'text-created', '{}', 'yesterday')",
+    )
+    .await;
+    enqueue_all(s, &[ev("pyun", "after")]).await;
+    let now = now_ms();
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    assert_eq!(rows.len(), 5, "{:?}", keys(&rows));
+    assert_eq!(by_key["before"].defect, None);
+    assert_eq!(by_key["after"].defect, None);
+    for (key, col) in [
+        ("real-created", "created_at"),
+        ("real-due", "next_attempt_at"),
+        ("text-created", "created_at"),
+    ] {
+        let defect = by_key[key].defect.as_deref().unwrap_or_default();
+        assert!(defect.contains(&format!("`{col}`")), "{key}: {defect:?}");
+    }
+    // Status still works, and dead-lettering the odd rows moves them.
+    let batch: Vec<Completion> = ["real-created", "real-due", "text-created"]
+        .iter()
+        .map(|k| {
+            completion(
+                by_key[k],
+                Action::Dead {
+                    kind: DeadKind::Invalid,
+                    reason: by_key[k].defect.clone().unwrap(),
+                    last_reply: None,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+    assert_eq!(sink_stats(s, "pyun", now).await.dead, 3);
+    assert_eq!(s.dead_list(None, None, None, 10).await.unwrap().len(), 3);
+}

@@ -108,9 +108,16 @@ where
 
 // Producers' text columns are read as bytes: SQLite stores whatever a producer wrote (a BLOB,
 // invalid UTF-8), and one such row must not make every claim of its sink fail.
+// Times likewise: a producer may write a REAL (`time.time() * 1000`) or text there; the
+// claim reads them cast, with their type, and marks the row instead of failing.
 const CLAIMED_COLUMNS: &str = "id, sink, CAST(event_type AS BLOB) AS event_type, \
      CAST(idempotency_key AS BLOB) AS idempotency_key, CAST(payload AS BLOB) AS payload, \
-     CAST(ordering_key AS BLOB) AS ordering_key, created_at, attempts, flow_state, in_doubt";
+     CAST(ordering_key AS BLOB) AS ordering_key, CAST(created_at AS INTEGER) AS created_at, \
+     typeof(created_at) AS created_at_type, typeof(next_attempt_at) AS next_attempt_at_type, \
+     CAST(attempts AS INTEGER) AS attempts, flow_state, CAST(in_doubt AS INTEGER) AS in_doubt";
+
+/// The time columns a producer can set (directly, or through `not_before`).
+const PRODUCER_TIMES: [&str; 2] = ["created_at", "next_attempt_at"];
 
 /// A producer's text column, or a note saying why it is not text.
 fn producer_text(
@@ -136,6 +143,14 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     let ordering_key = r
         .try_get::<Option<Vec<u8>>, _>("ordering_key")?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
+    for col in PRODUCER_TIMES {
+        let ty: String = r.try_get(format!("{col}_type").as_str())?;
+        if ty != "integer" {
+            bad.push(format!(
+                "`{col}` holds a {ty} value, not integer epoch milliseconds"
+            ));
+        }
+    }
     let defect = (!bad.is_empty()).then(|| bad.join("; "));
     Ok(ClaimedRow {
         id: r.try_get("id")?,
@@ -154,10 +169,12 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
 
 impl super::Cols for SqliteRow {
     fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
-        self.try_get(col)
+        Ok(self.opt_int(col)?.unwrap_or_default())
     }
+    /// SQLite's own conversion (a REAL truncated, text parsed): a producer's odd value in
+    /// a time column must not break listing or status.
     fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
-        self.try_get(col)
+        self.try_get_unchecked(col)
     }
     /// Text, or bytes shown lossily, so an operator can still list and inspect a row a
     /// producer wrote as a BLOB or invalid UTF-8.
