@@ -64,6 +64,10 @@ pub struct NewEvent {
     pub not_before: Option<i64>,
 }
 
+/// The largest payload outboxd loads (1 MiB): no platform accepts more. The claim measures
+/// payloads in SQL and does not load a larger one; its row is dead-lettered unread.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// A row the worker has claimed (leased) for one delivery step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedRow {

@@ -30,9 +30,8 @@ use crate::sinks::Sink;
 use crate::store::wake::Wake;
 use crate::store::{Action, Completion, DeadKind, Store};
 
-/// Payloads above this are dead-lettered unread: no platform here takes more than a few KB,
-/// and a runaway producer must not make the daemon hold megabytes per row.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Payloads above this are dead-lettered unread (the claim measures them in SQL).
+pub use crate::event::MAX_PAYLOAD_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -216,6 +216,7 @@ store_tests!(
     cycle_records_verdicts_then_claims,
     dead_kind_is_backfilled_and_written(unmigrated),
     known_keys_are_never_accepted_twice,
+    an_oversized_payload_is_not_loaded,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2158,4 +2159,35 @@ async fn a_real_time_column_marks_only_its_row(db: &Db) {
     assert_eq!(complete(s, "w", batch, now).await, 0);
     assert_eq!(sink_stats(s, "pyun", now).await.dead, 3);
     assert_eq!(s.dead_list(None, None, None, 10).await.unwrap().len(), 3);
+}
+
+/// Issue 12 item 8: an oversized payload is measured in SQL and never loaded; the row comes
+/// back with a defect and an empty payload.
+async fn an_oversized_payload_is_not_loaded(db: &Db) {
+    let s = &db.store;
+    let limit = outbox_core::event::MAX_PAYLOAD_BYTES;
+    let big = NewEvent {
+        payload: format!(r#"{{"pad":"{}"}}"#, "x".repeat(limit)),
+        ..ev("pyun", "big")
+    };
+    let at_limit = NewEvent {
+        payload: format!(r#"{{"pad":"{}"}}"#, "y".repeat(limit - 10)),
+        ..ev("pyun", "at-limit")
+    };
+    enqueue_all(s, &[ev("pyun", "small"), big.clone(), at_limit.clone()]).await;
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    assert_eq!(by_key["small"].defect, None);
+    assert_eq!(by_key["at-limit"].defect, None);
+    assert!(by_key["at-limit"].payload == at_limit.payload);
+    let b = by_key["big"];
+    assert!(b.payload.is_empty(), "loaded {} bytes", b.payload.len());
+    let defect = b.defect.as_deref().unwrap_or_default();
+    assert!(
+        defect.contains(&format!("payload is {} bytes", big.payload.len())),
+        "{defect:?}"
+    );
 }

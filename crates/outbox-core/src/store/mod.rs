@@ -423,6 +423,15 @@ impl Store {
     }
 }
 
+/// The defect of a row whose payload is too large to load (the words the worker used
+/// when it measured payloads itself).
+pub(crate) fn oversized(bytes: i64) -> String {
+    format!(
+        "payload is {bytes} bytes, above the {} byte limit: no platform accepts it",
+        crate::event::MAX_PAYLOAD_BYTES
+    )
+}
+
 /// Typed column access that both backends' rows provide, so rows the two backends return
 /// alike are mapped once ([`dead_row`], [`row_view`], [`attempt_row`], [`sink_stats`]).
 /// Integers of any width read as `i64`, flags as `bool`; SQLite text a producer wrote as

@@ -23,7 +23,7 @@ use super::{
     Action, AttemptRow, Backend, Completion, DeadRow, Engine, OpenOptions, Result, RowView,
     SchemaState, SinkStats, StoreError,
 };
-use crate::event::{ClaimedRow, NewEvent};
+use crate::event::{ClaimedRow, NewEvent, MAX_PAYLOAD_BYTES};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -92,7 +92,11 @@ fn candidates_sql() -> String {
     )
 }
 
-const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, payload, ordering_key, \
+/// An oversized payload (above `$5`, MAX_PAYLOAD_BYTES) is measured, not loaded
+/// (`octet_length` reads a TOASTed value's stored size without fetching it).
+const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, \
+     CASE WHEN octet_length(payload) > $5 THEN '' ELSE payload END AS payload, \
+     octet_length(payload)::bigint AS payload_bytes, ordering_key, \
      created_at, attempts, flow_state, in_doubt";
 
 fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
@@ -107,7 +111,9 @@ fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
         attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
         in_doubt: r.try_get("in_doubt")?,
-        defect: None,
+        defect: Some(r.try_get::<i64, _>("payload_bytes")?)
+            .filter(|n| *n > MAX_PAYLOAD_BYTES as i64)
+            .map(super::oversized),
     })
 }
 
@@ -273,6 +279,7 @@ impl PgStore {
         .bind(lease_until)
         .bind(now)
         .bind(&ids)
+        .bind(MAX_PAYLOAD_BYTES as i64)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed_rows = rows

@@ -24,7 +24,7 @@ use super::{
     Action, AttemptRow, Backend, Completion, DeadRow, Engine, OpenOptions, Result, RowView,
     SchemaState, SinkStats, StoreError,
 };
-use crate::event::{ClaimedRow, NewEvent};
+use crate::event::{ClaimedRow, NewEvent, MAX_PAYLOAD_BYTES};
 
 /// A write transaction (`BEGIN IMMEDIATE`) that leaves no trace when it fails: a connection
 /// whose transaction did not commit is taken out of the pool and closed (SQLite rolls back
@@ -108,10 +108,13 @@ where
 
 // Producers' text columns are read as bytes: SQLite stores whatever a producer wrote (a BLOB,
 // invalid UTF-8), and one such row must not make every claim of its sink fail.
+// An oversized payload (above `?6`, MAX_PAYLOAD_BYTES) is measured, not loaded.
 // Times likewise: a producer may write a REAL (`time.time() * 1000`) or text there; the
 // claim reads them cast, with their type, and marks the row instead of failing.
 const CLAIMED_COLUMNS: &str = "id, sink, CAST(event_type AS BLOB) AS event_type, \
-     CAST(idempotency_key AS BLOB) AS idempotency_key, CAST(payload AS BLOB) AS payload, \
+     CAST(idempotency_key AS BLOB) AS idempotency_key, \
+     CASE WHEN octet_length(payload) > ?6 THEN X'' ELSE CAST(payload AS BLOB) END AS payload, \
+     octet_length(payload) AS payload_bytes, \
      CAST(ordering_key AS BLOB) AS ordering_key, CAST(created_at AS INTEGER) AS created_at, \
      typeof(created_at) AS created_at_type, typeof(next_attempt_at) AS next_attempt_at_type, \
      CAST(attempts AS INTEGER) AS attempts, flow_state, CAST(in_doubt AS INTEGER) AS in_doubt";
@@ -150,6 +153,10 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
                 "`{col}` holds a {ty} value, not integer epoch milliseconds"
             ));
         }
+    }
+    let payload_bytes: i64 = r.try_get_unchecked("payload_bytes")?;
+    if payload_bytes > MAX_PAYLOAD_BYTES as i64 {
+        bad.push(super::oversized(payload_bytes));
     }
     let defect = (!bad.is_empty()).then(|| bad.join("; "));
     Ok(ClaimedRow {
@@ -287,6 +294,7 @@ async fn claim_in(
         .bind(now)
         .bind(sink)
         .bind(i64::from(limit))
+        .bind(MAX_PAYLOAD_BYTES as i64)
         .fetch_all(&mut *conn)
         .await?;
     let mut claimed_rows = rows
