@@ -392,7 +392,7 @@ pub async fn run(
 
         if !stopping && db_ready && Instant::now() >= next_housekeeping {
             // Expired leases (a crashed worker) go back to pending; rows for sinks that are
-            // not configured are dead-lettered, so they don't sit there forever.
+            // not configured are held, then dead-lettered after max_age.
             let now = now_ms();
             let r = async {
                 let reclaimed = store.reclaim_expired(now).await?;
@@ -402,7 +402,13 @@ pub async fn run(
                         "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
                     );
                 }
-                let unknown = store.dead_letter_unknown_sinks(&known, now).await?;
+                // Held (counted in status) until the longest max_age of this config.
+                let hold = slots
+                    .iter()
+                    .map(|s| s.policy.max_age)
+                    .max()
+                    .unwrap_or_default();
+                let unknown = store.dead_letter_unknown_sinks(&known, hold, now).await?;
                 if unknown > 0 {
                     tracing::warn!(
                         rows = unknown,

@@ -217,6 +217,7 @@ store_tests!(
     dead_kind_is_backfilled_and_written(unmigrated),
     known_keys_are_never_accepted_twice,
     an_oversized_payload_is_not_loaded,
+    unconfigured_sinks_are_held_until_max_age,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -833,8 +834,18 @@ async fn unknown_sinks_are_dead_lettered(db: &Db) {
         .unwrap();
     let now = now_ms();
     let known = vec!["pyun".to_string(), "epeis".to_string()];
-    assert_eq!(s.dead_letter_unknown_sinks(&known, now).await.unwrap(), 1);
-    assert_eq!(s.dead_letter_unknown_sinks(&known, now).await.unwrap(), 0);
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, Duration::ZERO, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, Duration::ZERO, now)
+            .await
+            .unwrap(),
+        0
+    );
     let d = s.dead_list(Some("ghost"), None, None, 10).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].idempotency_key, "lost");
@@ -1968,7 +1979,7 @@ async fn dead_kind_is_backfilled_and_written(db: &Db) {
         ),
     ];
     assert_eq!(complete(s, "w", batch, now).await, 0);
-    s.dead_letter_unknown_sinks(&["pyun".to_string()], now)
+    s.dead_letter_unknown_sinks(&["pyun".to_string()], Duration::ZERO, now)
         .await
         .unwrap();
     let kinds: HashMap<String, DeadKind> = s
@@ -2190,4 +2201,63 @@ async fn an_oversized_payload_is_not_loaded(db: &Db) {
         defect.contains(&format!("payload is {} bytes", big.payload.len())),
         "{defect:?}"
     );
+}
+
+/// Issue 12 item 10: rows of a sink missing from this worker's config are held and counted,
+/// and dead-lettered only once older than max_age.
+async fn unconfigured_sinks_are_held_until_max_age(db: &Db) {
+    let s = &db.store;
+    enqueue_all(
+        s,
+        &[ev("pyun", "ok"), ev("ghost", "old"), ev("ghost", "new")],
+    )
+    .await;
+    let now = now_ms();
+    exec(
+        s,
+        &format!(
+            "UPDATE outbox SET created_at = {} WHERE idempotency_key = 'old'",
+            now - 7_200_000
+        ),
+    )
+    .await;
+    let known = vec!["pyun".to_string()];
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, hour, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(status(s, "ghost", "new").await, "pending", "held");
+    let d = s.dead_list(Some("ghost"), None, None, 10).await.unwrap();
+    assert_eq!(keys_of(&d), ["old"]);
+    assert_eq!(d[0].kind, DeadKind::UnknownSink);
+    let ghost = sink_stats(s, "ghost", now).await;
+    assert_eq!((ghost.pending, ghost.unconfigured_since), (1, Some(now)));
+    assert_eq!(sink_stats(s, "pyun", now).await.unconfigured_since, None);
+    // Still held a round later, marked since the first round.
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, hour, now + 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        sink_stats(s, "ghost", now).await.unconfigured_since,
+        Some(now)
+    );
+    // A worker that has the sink clears the mark.
+    let both = vec!["pyun".to_string(), "ghost".to_string()];
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&both, hour, now + 2)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(sink_stats(s, "ghost", now).await.unconfigured_since, None);
+}
+
+fn keys_of(d: &[outbox_core::store::DeadRow]) -> Vec<&str> {
+    d.iter().map(|d| d.idempotency_key.as_str()).collect()
 }

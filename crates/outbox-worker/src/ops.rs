@@ -174,6 +174,15 @@ fn status_table(stats: &[SinkStats], p: Paint) -> String {
                 s.sink, s.dead, s.sink
             ));
         }
+        if let Some(since) = s.unconfigured_since {
+            notes.push(format!(
+                "{}: not in the worker's config: {} row(s) held since {}; add [sinks.{}] or fix the producer (they are dead-lettered after max_age)",
+                s.sink,
+                s.pending,
+                relative(since, now_ms()),
+                s.sink
+            ));
+        }
         if s.ignored_reinserts > 0 {
             notes.push(format!(
                 "{}: {} insert(s) of an already known key ignored (never sent twice); `outboxd dead show` lists corrections",

@@ -171,6 +171,9 @@ pub struct SinkStats {
     /// Producers' inserts of keys already known (delivered, dead-lettered or pruned rows),
     /// ignored so that nothing is applied twice.
     pub ignored_reinserts: i64,
+    /// Since when a worker holds this sink's rows because its config lacks the sink
+    /// (`pending` counts them); they are dead-lettered once older than `max_age`.
+    pub unconfigured_since: Option<i64>,
 }
 
 /// A dead-lettered row.
@@ -279,10 +282,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Returns rows whose lease expired (their worker died) to pending, marked in doubt.
     fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>>;
 
-    /// Dead-letters due rows addressed to sinks that are not configured.
+    /// Holds rows addressed to sinks missing from `known` (this worker's config): marks
+    /// those sinks (`SinkStats::unconfigured_since`), clears the mark of known sinks, and
+    /// dead-letters (kind `unknown_sink`) only due rows older than `max_age`. Returns how
+    /// many rows it dead-lettered.
     fn dead_letter_unknown_sinks<'a>(
         &'a self,
         known: &'a [String],
+        max_age: Duration,
         now: i64,
     ) -> BoxFuture<'a, Result<u64>>;
 
@@ -514,6 +521,7 @@ pub(crate) fn sink_stats(r: &impl Cols, now: i64) -> std::result::Result<SinkSta
         paused: r.flag("paused")?,
         last_error: r.opt_text("last_error")?,
         ignored_reinserts: r.int("ignored_reinserts")?,
+        unconfigured_since: r.opt_int("unconfigured_since")?,
     })
 }
 

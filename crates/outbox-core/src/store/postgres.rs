@@ -604,25 +604,48 @@ impl Backend for PgStore {
     fn dead_letter_unknown_sinks<'a>(
         &'a self,
         known: &'a [String],
+        max_age: Duration,
         now: i64,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO outbox_sinks AS s (sink, unconfigured_since) \
+                 SELECT DISTINCT sink, $1::bigint FROM outbox WHERE status = 'pending' AND sink <> ALL($2::text[]) \
+                 ON CONFLICT (sink) DO UPDATE SET unconfigured_since = coalesce(s.unconfigured_since, excluded.unconfigured_since)",
+            )
+            .bind(now)
+            .bind(known)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE outbox_sinks s SET unconfigured_since = NULL \
+                 WHERE unconfigured_since IS NOT NULL \
+                   AND (sink = ANY($1::text[]) \
+                        OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sink = s.sink AND o.status = 'pending'))",
+            )
+            .bind(known)
+            .execute(&mut *tx)
+            .await?;
             // One statement: the rows deleted are exactly the rows moved.
             let done = sqlx::query(
-            "WITH moved AS ( \
-                DELETE FROM outbox \
-                WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
-                RETURNING *) \
-             INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
-                    'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
-                    NULL, flow_state, $1 FROM moved ORDER BY id",
-        )
-        .bind(now)
-        .bind(known)
-        .execute(&self.pool)
-        .await?;
+                "WITH moved AS ( \
+                    DELETE FROM outbox \
+                    WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
+                      AND created_at <= $3 \
+                    RETURNING *) \
+                 INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
+                        'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                        NULL, flow_state, $1 FROM moved ORDER BY id",
+            )
+            .bind(now)
+            .bind(known)
+            .bind(now - crate::clock::ms(max_age))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok(done.rows_affected())
         })
     }
@@ -698,7 +721,7 @@ impl Backend for PgStore {
                coalesce(f.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
                coalesce(f.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
                coalesce(d.dead, 0) AS dead, coalesce(f.hints, 0) AS hints, \
-               coalesce(p.paused, false) AS paused, o.last_error, \
+               coalesce(p.paused, false) AS paused, o.last_error, p.unconfigured_since, \
                coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN r ON r.sink = s.sink \
                   LEFT JOIN f ON f.sink = s.sink LEFT JOIN d ON d.sink = s.sink \

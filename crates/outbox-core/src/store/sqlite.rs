@@ -553,27 +553,50 @@ impl Backend for SqliteStore {
     fn dead_letter_unknown_sinks<'a>(
         &'a self,
         known: &'a [String],
+        max_age: Duration,
         now: i64,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let known_json = serde_json::to_string(known).expect("strings serialise");
             let mut tx = WriteTx::begin(&self.pool).await?;
+            sqlx::query(
+                "INSERT INTO outbox_sinks (sink, unconfigured_since) \
+                 SELECT DISTINCT sink, ?1 FROM outbox \
+                 WHERE status = 'pending' AND sink NOT IN (SELECT value FROM json_each(?2)) \
+                 ON CONFLICT (sink) DO UPDATE SET unconfigured_since = coalesce(unconfigured_since, excluded.unconfigured_since)",
+            )
+            .bind(now)
+            .bind(&known_json)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE outbox_sinks SET unconfigured_since = NULL \
+                 WHERE unconfigured_since IS NOT NULL \
+                   AND (sink IN (SELECT value FROM json_each(?1)) \
+                        OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sink = outbox_sinks.sink AND o.status = 'pending'))",
+            )
+            .bind(&known_json)
+            .execute(&mut *tx)
+            .await?;
             let filter = "status = 'pending' AND next_attempt_at <= ?1 \
-                      AND sink NOT IN (SELECT value FROM json_each(?2))";
+                          AND sink NOT IN (SELECT value FROM json_each(?2)) AND created_at <= ?3";
+            let oldest = now - crate::clock::ms(max_age);
             sqlx::query(&format!(
-            "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
-                    'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
-                    NULL, flow_state, ?1 FROM outbox WHERE {filter}"
-        ))
-        .bind(now)
-        .bind(&known_json)
-        .execute(&mut *tx)
-        .await?;
+                "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
+                        'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                        NULL, flow_state, ?1 FROM outbox WHERE {filter}"
+            ))
+            .bind(now)
+            .bind(&known_json)
+            .bind(oldest)
+            .execute(&mut *tx)
+            .await?;
             let done = sqlx::query(&format!("DELETE FROM outbox WHERE {filter}"))
                 .bind(now)
                 .bind(&known_json)
+                .bind(oldest)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -657,6 +680,7 @@ impl Backend for SqliteStore {
                     coalesce(x.done, 0) AS done, coalesce(p.retrying, 0) AS retrying, \
                     coalesce(d.dead, 0) AS dead, coalesce(x.hints, 0) AS hints, \
                     coalesce(z.paused, 0) AS paused, e.last_error AS last_error, \
+                    z.unconfigured_since AS unconfigured_since, \
                     coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s \
              LEFT JOIN pending p ON p.sink = s.sink \
