@@ -86,6 +86,7 @@ impl Env {
 
     async fn with_url(dir: tempfile::TempDir, db_url: String) -> Env {
         let out = Command::new(bin("outbox-migrate"))
+            .arg("--create")
             .arg("--database-url")
             .arg(&db_url)
             .output()

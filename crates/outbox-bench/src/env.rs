@@ -1047,6 +1047,7 @@ impl Db {
 /// Runs the real `outbox-migrate`.
 pub fn migrate(url: &str) -> Result<()> {
     let out = Command::new(bin("outbox-migrate")?)
+        .arg("--create")
         .arg("--database-url")
         .arg(url)
         .output()?;

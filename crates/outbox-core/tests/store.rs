@@ -218,6 +218,7 @@ store_tests!(
     known_keys_are_never_accepted_twice,
     an_oversized_payload_is_not_loaded,
     unconfigured_sinks_are_held_until_max_age,
+    a_requeued_row_gets_a_fresh_age_clock,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1979,7 +1980,7 @@ async fn dead_kind_is_backfilled_and_written(db: &Db) {
         ),
     ];
     assert_eq!(complete(s, "w", batch, now).await, 0);
-    s.dead_letter_unknown_sinks(&["pyun".to_string()], Duration::ZERO, now)
+    s.dead_letter_unknown_sinks(&["pyun".to_string()], Duration::ZERO, now_ms())
         .await
         .unwrap();
     let kinds: HashMap<String, DeadKind> = s
@@ -2260,4 +2261,44 @@ async fn unconfigured_sinks_are_held_until_max_age(db: &Db) {
 
 fn keys_of(d: &[outbox_core::store::DeadRow]) -> Vec<&str> {
     d.iter().map(|d| d.idempotency_key.as_str()).collect()
+}
+
+/// Issue 12 item 11: a requeued row's max_age counts from the requeue (the claim's age
+/// base), while the row keeps its producer's created_at.
+async fn a_requeued_row_gets_a_fresh_age_clock(db: &Db) {
+    let s = &db.store;
+    s.enqueue(&ev("pyun", "old")).await.unwrap();
+    let now = now_ms();
+    let three_days = 3 * 24 * 3_600_000;
+    exec(
+        s,
+        &format!(
+            "UPDATE outbox SET created_at = {} WHERE idempotency_key = 'old'",
+            now - three_days
+        ),
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    complete(s, "w", vec![completion(&rows[0], dead("HTTP 400"))], now).await;
+    let d = dead_row_of(s, "old").await;
+    assert_eq!(d.created_at, now - three_days);
+    s.requeue(d.id, now, false).await.unwrap();
+    let again = claim(s, "pyun", "w", 10, now).await;
+    assert_eq!(again[0].created_at, now, "the age base is the requeue");
+    // Its first transient failure is retried, not dead-lettered on max_age (48 h).
+    let policy = outbox_core::retry::RetryPolicy::default();
+    let age = Duration::from_millis((now_ms() - again[0].created_at) as u64);
+    assert!(matches!(
+        policy.decide(again[0].attempts, age, None, 0.5),
+        outbox_core::retry::Decision::RetryAfter(_)
+    ));
+    // The producer's time is kept: dead-lettered again, the row still says when it came.
+    complete(
+        s,
+        "w",
+        vec![completion(&again[0], dead("HTTP 400 again"))],
+        now,
+    )
+    .await;
+    assert_eq!(dead_row_of(s, "old").await.created_at, now - three_days);
 }

@@ -97,7 +97,7 @@ fn candidates_sql() -> String {
 const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, \
      CASE WHEN octet_length(payload) > $5 THEN '' ELSE payload END AS payload, \
      octet_length(payload)::bigint AS payload_bytes, ordering_key, \
-     created_at, attempts, flow_state, in_doubt";
+     coalesce(requeued_at, created_at) AS created_at, attempts, flow_state, in_doubt";
 
 fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     Ok(ClaimedRow {
@@ -632,7 +632,7 @@ impl Backend for PgStore {
                 "WITH moved AS ( \
                     DELETE FROM outbox \
                     WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
-                      AND created_at <= $3 \
+                      AND coalesce(requeued_at, created_at) <= $3 \
                     RETURNING *) \
                  INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
                                           created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
@@ -689,10 +689,12 @@ impl Backend for PgStore {
             // totals over every kept final row, which no index narrows.
             let rows = sqlx::query(
             "WITH open AS ( \
-                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                SELECT sink, status, next_attempt_at, attempts, coalesce(requeued_at, created_at) AS created_at, \
+                       last_error, last_attempt_at \
                 FROM outbox WHERE status = 'pending' \
                 UNION ALL \
-                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                SELECT sink, status, next_attempt_at, attempts, coalesce(requeued_at, created_at) AS created_at, \
+                       last_error, last_attempt_at \
                 FROM outbox WHERE status = 'in_flight'), \
              o AS ( \
                 SELECT sink, \
@@ -832,8 +834,8 @@ impl Backend for PgStore {
             // lbbtech row that died while verifying verifies again, it does not start again).
             let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, \
-                                 next_attempt_at, last_error, flow_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'requeued by an operator', \
+                                 next_attempt_at, requeued_at, last_error, flow_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $7, 'requeued by an operator', \
                      (SELECT flow_state FROM outbox_dead WHERE id = $8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
@@ -844,6 +846,7 @@ impl Backend for PgStore {
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
+        .bind(d.created_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();

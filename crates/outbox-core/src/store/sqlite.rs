@@ -115,7 +115,8 @@ const CLAIMED_COLUMNS: &str = "id, sink, CAST(event_type AS BLOB) AS event_type,
      CAST(idempotency_key AS BLOB) AS idempotency_key, \
      CASE WHEN octet_length(payload) > ?6 THEN X'' ELSE CAST(payload AS BLOB) END AS payload, \
      octet_length(payload) AS payload_bytes, \
-     CAST(ordering_key AS BLOB) AS ordering_key, CAST(created_at AS INTEGER) AS created_at, \
+     CAST(ordering_key AS BLOB) AS ordering_key, \
+     CAST(coalesce(requeued_at, created_at) AS INTEGER) AS created_at, \
      typeof(created_at) AS created_at_type, typeof(next_attempt_at) AS next_attempt_at_type, \
      CAST(attempts AS INTEGER) AS attempts, flow_state, CAST(in_doubt AS INTEGER) AS in_doubt";
 
@@ -213,7 +214,7 @@ impl SqliteStore {
         if let Some(p) = &path {
             if !opts.create && !p.exists() {
                 return Err(StoreError::Schema(format!(
-                    "database file {} does not exist: run `outbox-migrate --database-url {url}` to create it",
+                    "database file {} does not exist (is its volume mounted?): to create a new, empty outbox there, run `outbox-migrate --create --database-url {url}`",
                     p.display()
                 )));
             }
@@ -579,7 +580,8 @@ impl Backend for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let filter = "status = 'pending' AND next_attempt_at <= ?1 \
-                          AND sink NOT IN (SELECT value FROM json_each(?2)) AND created_at <= ?3";
+                          AND sink NOT IN (SELECT value FROM json_each(?2)) \
+                          AND coalesce(requeued_at, created_at) <= ?3";
             let oldest = now - crate::clock::ms(max_age);
             sqlx::query(&format!(
                 "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
@@ -646,10 +648,10 @@ impl Backend for SqliteStore {
             let rows = sqlx::query(
             "WITH pending AS ( \
                 SELECT sink, count(*) AS pending, sum(next_attempt_at <= ?1) AS due_now, \
-                       sum(attempts > 0) AS retrying, min(created_at) AS oldest \
+                       sum(attempts > 0) AS retrying, min(coalesce(requeued_at, created_at)) AS oldest \
                 FROM outbox INDEXED BY outbox_due WHERE status = 'pending' GROUP BY sink), \
              flight AS ( \
-                SELECT sink, count(*) AS in_flight, min(created_at) AS oldest \
+                SELECT sink, count(*) AS in_flight, min(coalesce(requeued_at, created_at)) AS oldest \
                 FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight' GROUP BY sink), \
              recent AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox INDEXED BY outbox_finished \
@@ -795,8 +797,8 @@ impl Backend for SqliteStore {
             // lbbtech row that died while verifying verifies again, it does not start again).
             let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, next_attempt_at, \
-                                 last_error, flow_state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'requeued by an operator', \
+                                 requeued_at, last_error, flow_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?9, ?7, ?7, 'requeued by an operator', \
                      (SELECT flow_state FROM outbox_dead WHERE id = ?8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
@@ -807,6 +809,7 @@ impl Backend for SqliteStore {
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
+        .bind(d.created_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
