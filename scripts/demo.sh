@@ -121,7 +121,7 @@ export OUTBOXD_CONFIG="$DEMO/outboxd.toml"
 
 echo "==> checking the config and creating the SQLite outbox"
 "$BIN/outboxd" check-config
-"$BIN/outbox-migrate" --database-url "sqlite://$PWD/$DEMO/outbox.db"
+"$BIN/outbox-migrate" --create --database-url "sqlite://$PWD/$DEMO/outbox.db"
 
 echo "==> enqueuing events (what station software does in its own transaction)"
 charge_end() { # order start end [energy_code]

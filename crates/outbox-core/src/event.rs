@@ -76,6 +76,10 @@ pub struct NewEvent {
     pub not_before: Option<i64>,
 }
 
+/// The largest payload outboxd loads (1 MiB): no platform accepts more. The claim measures
+/// payloads in SQL and does not load a larger one; its row is dead-lettered unread.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// A row the worker has claimed (leased) for one delivery step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedRow {
@@ -96,4 +100,7 @@ pub struct ClaimedRow {
     /// Set when a previous lease expired while the row was in flight: the previous attempt
     /// may or may not have reached the platform.
     pub in_doubt: bool,
+    /// Why the row cannot be delivered as read (a column that is not text), found by the
+    /// claim; the worker dead-letters such a row with this reason instead of sending it.
+    pub defect: Option<String>,
 }

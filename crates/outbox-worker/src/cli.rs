@@ -157,6 +157,10 @@ pub enum DeadCommand {
         /// them: an epeis adjustment, an lbbtech start). Check on the platform side first.
         #[arg(long)]
         force: bool,
+        /// Send the producer's correction (a payload it inserted again under the same key
+        /// after the row died; `dead show` displays it) instead of the original payload.
+        #[arg(long)]
+        latest: bool,
         /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,

@@ -379,6 +379,7 @@ mod wired {
             attempts: 1,
             flow_state: None,
             in_doubt: false,
+            defect: None,
         }
     }
 
