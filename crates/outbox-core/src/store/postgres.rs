@@ -316,12 +316,23 @@ impl PgStore {
         Ok(lines.join("\n"))
     }
 
+    /// Writes a batch of completions: one statement per kind of action and one for the
+    /// attempt history, whatever the batch size. Returns how many rows had lost their lease.
     async fn complete_in(
         tx: &mut sqlx::PgConnection,
         owner: &str,
         batch: &[Completion],
         now: i64,
     ) -> Result<u64> {
+        let (b, h) = Self::collect(batch);
+        let applied = Self::apply_final(tx, owner, now, &b).await?
+            + Self::apply_pending(tx, owner, now, &b).await?;
+        Self::insert_history(tx, &h).await?;
+        Ok((batch.len() as u64).saturating_sub(applied))
+    }
+
+    /// Sorts a batch into one column array per action and the attempt history.
+    fn collect(batch: &[Completion]) -> (Batch, History) {
         let mut b = Batch::default();
         let mut h = History::default();
         for c in batch {
@@ -381,9 +392,16 @@ impl PgStore {
             }
         }
 
-        // Only rows still in flight under this owner's lease are touched; the others were
-        // reclaimed (lease expired) and are someone else's now.
-        const OWNED: &str = "o.id = u.id AND o.status = 'in_flight' AND o.lease_owner = $1";
+        (b, h)
+    }
+
+    /// Delivered, done and dead-lettered rows.
+    async fn apply_final(
+        tx: &mut sqlx::PgConnection,
+        owner: &str,
+        now: i64,
+        b: &Batch,
+    ) -> Result<u64> {
         let mut applied = 0;
         if !b.delivered.0.is_empty() {
             applied += sqlx::query(&format!(
@@ -415,6 +433,38 @@ impl PgStore {
             .await?
             .rows_affected();
         }
+        if !b.dead.0.is_empty() {
+            applied += sqlx::query(&format!(
+                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) \
+                            AS u(id, reason, last_reply, kind)), \
+                      moved AS (DELETE FROM outbox o USING u WHERE {OWNED} \
+                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply, u.kind AS dead_kind) \
+                 INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
+                        dead_kind, dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
+            ))
+            .bind(owner)
+            .bind(now)
+            .bind(&b.dead.0)
+            .bind(&b.dead.1)
+            .bind(&b.dead.2)
+            .bind(&b.dead.3)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        Ok(applied)
+    }
+
+    /// Rows that go back to pending: retried, continued flows, released.
+    async fn apply_pending(
+        tx: &mut sqlx::PgConnection,
+        owner: &str,
+        now: i64,
+        b: &Batch,
+    ) -> Result<u64> {
+        let mut applied = 0;
         if !b.retry.0.is_empty() {
             applied += sqlx::query(&format!(
                 "UPDATE outbox o SET status = 'pending', next_attempt_at = u.next_at, last_error = u.error, \
@@ -460,27 +510,10 @@ impl PgStore {
             .await?
             .rows_affected();
         }
-        if !b.dead.0.is_empty() {
-            applied += sqlx::query(&format!(
-                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) \
-                            AS u(id, reason, last_reply, kind)), \
-                      moved AS (DELETE FROM outbox o USING u WHERE {OWNED} \
-                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply, u.kind AS dead_kind) \
-                 INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
-                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                        dead_kind, dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
-            ))
-            .bind(owner)
-            .bind(now)
-            .bind(&b.dead.0)
-            .bind(&b.dead.1)
-            .bind(&b.dead.2)
-            .bind(&b.dead.3)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        Ok(applied)
+    }
+
+    async fn insert_history(tx: &mut sqlx::PgConnection, h: &History) -> Result<()> {
         if !h.outbox_id.is_empty() {
             sqlx::query(
                 "INSERT INTO outbox_attempts (outbox_id, sink, attempt, started_at, duration_ms, http_status, \
@@ -502,9 +535,13 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        Ok((batch.len() as u64).saturating_sub(applied))
+        Ok(())
     }
 }
+
+/// Only rows still in flight under this owner's lease are touched by a completion; the
+/// others were reclaimed (lease expired) and are someone else's now.
+const OWNED: &str = "o.id = u.id AND o.status = 'in_flight' AND o.lease_owner = $1";
 
 impl Backend for PgStore {
     fn backend(&self) -> &'static str {

@@ -345,8 +345,39 @@ async fn complete_in(
             plain.push(c.id);
             continue;
         }
-        let owned = "id = ?1 AND status = 'in_flight' AND lease_owner = ?2";
-        let affected = match &c.action {
+        let affected = apply_action(&mut *tx, owner, c, now).await?;
+        if affected == 0 {
+            lost += 1;
+        }
+    }
+    if !plain.is_empty() {
+        let ids = serde_json::to_string(&plain).expect("integers serialise");
+        let done = sqlx::query(
+                "UPDATE outbox SET status = 'delivered', hint = NULL, result = NULL, finished_at = ?3, \
+                        last_error = NULL, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight' AND lease_owner = ?2",
+            )
+            .bind(&ids)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        lost += plain.len() as u64 - done.rows_affected();
+    }
+    insert_attempts(tx, attempts).await?;
+    Ok(lost)
+}
+
+/// Applies one completion's action to its row, if this owner still holds it; returns the
+/// rows affected (0: the lease was lost).
+async fn apply_action(
+    tx: &mut sqlx::SqliteConnection,
+    owner: &str,
+    c: &Completion,
+    now: i64,
+) -> Result<u64> {
+    let owned = "id = ?1 AND status = 'in_flight' AND lease_owner = ?2";
+    Ok(match &c.action {
                 Action::Delivered { hint, result } => sqlx::query(&format!(
                     "UPDATE outbox SET status = 'delivered', hint = ?3, result = ?4, finished_at = ?5, \
                             last_error = NULL, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL WHERE {owned}"
@@ -428,25 +459,14 @@ async fn complete_in(
                     }
                     moved
                 }
-            };
-        if affected == 0 {
-            lost += 1;
-        }
-    }
-    if !plain.is_empty() {
-        let ids = serde_json::to_string(&plain).expect("integers serialise");
-        let done = sqlx::query(
-                "UPDATE outbox SET status = 'delivered', hint = NULL, result = NULL, finished_at = ?3, \
-                        last_error = NULL, in_doubt = 0, lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight' AND lease_owner = ?2",
-            )
-            .bind(&ids)
-            .bind(owner)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        lost += plain.len() as u64 - done.rows_affected();
-    }
+    })
+}
+
+/// The attempt history of a batch, in one statement.
+async fn insert_attempts(
+    tx: &mut sqlx::SqliteConnection,
+    attempts: Vec<serde_json::Value>,
+) -> Result<()> {
     if !attempts.is_empty() {
         let rows = serde_json::Value::Array(attempts).to_string();
         sqlx::query(
@@ -460,7 +480,7 @@ async fn complete_in(
             .execute(&mut *tx)
             .await?;
     }
-    Ok(lost)
+    Ok(())
 }
 
 impl Backend for SqliteStore {

@@ -44,7 +44,7 @@ pub(crate) async fn housekeep(
 
 /// Deletes finished rows past their retention, a small batch at a time, so pruning never
 /// holds the database long enough to stall delivery.
-pub(crate) async fn retention_task(store: Store, retention: Duration) {
+pub(crate) async fn retention_task(store: Store, retention: Duration, key_retention: Duration) {
     const BATCH: i64 = 500;
     // Idle checks every minute, or sooner for a short retention.
     let idle = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -56,11 +56,8 @@ pub(crate) async fn retention_task(store: Store, retention: Duration) {
                 if n > 0 {
                     tracing::debug!(rows = n, "pruned finished rows past retention");
                 }
-                // Keys outlive their rows by far (400 days): forget the oldest few.
-                if let Err(e) = store
-                    .prune_keys(now_ms(), crate::store::DEFAULT_KEY_RETENTION, BATCH)
-                    .await
-                {
+                // Keys outlive their rows by far (key_retention): forget the oldest few.
+                if let Err(e) = store.prune_keys(now_ms(), key_retention, BATCH).await {
                     tracing::debug!(error = %e, "pruning keys failed; trying again later");
                 }
                 idle

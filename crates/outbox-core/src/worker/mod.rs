@@ -188,6 +188,7 @@ pub async fn run(
     let pruner = tokio::spawn(housekeeping::retention_task(
         worker.store.clone(),
         worker.wc.retention,
+        worker.wc.key_retention,
     ));
     tracing::info!(worker = %worker.owner, backend = worker.store.backend(), sinks = ?worker.known, "outboxd worker started");
     worker.run().await;
