@@ -93,6 +93,11 @@ mkdir -p "$WORK/creds"
 printf 'dummy-pyun-app-secret\n' >"$WORK/creds/pyun-secret"
 printf '%064d\n' 0 >"$WORK/creds/epeis-dynamic-key" # the DYNAMIC_KEY is 64 characters
 printf 'dummy-lbbtech-token\n' >"$WORK/creds/lbbtech-token"
+# The commented T/CEC example: an operator secret and three keys (data secret and IV are 16 bytes).
+printf 'dummy-tcec-operator-secret\n' >"$WORK/creds/tcec-operator-secret"
+printf '1234567890abcdef' >"$WORK/creds/tcec-data-secret"
+printf '1234567890abcdef' >"$WORK/creds/tcec-data-secret-iv"
+printf 'dummy-tcec-sig-secret\n' >"$WORK/creds/tcec-sig-secret"
 sed "s#/run/credentials/outboxd.service/#$WORK/creds/#g" deploy/outboxd.toml >"$WORK/outboxd.toml"
 if out=$(env -u RUST_LOG -u OUTBOXD_DATABASE_URL "$REL/outboxd" --config "$WORK/outboxd.toml" check-config 2>&1); then
     pass "deploy/outboxd.toml passes outboxd check-config: $out"
