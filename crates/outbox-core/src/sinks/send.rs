@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::outcome::{truncate, AttemptInfo, StepOutcome, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{truncate, AttemptInfo, Blame, StepOutcome, Verdict};
 use crate::secret::Secret;
 use crate::sinks::SinkSettings;
 
@@ -60,6 +61,8 @@ pub struct Reading {
     /// The platform's own reply code, for the attempt history.
     pub code: Option<String>,
     pub hint: Option<String>,
+    /// Whose fault a failure is (a failure without a reply is blamed by the send path).
+    pub blame: Blame,
 }
 
 impl Reading {
@@ -69,6 +72,7 @@ impl Reading {
             verdict,
             code: None,
             hint: None,
+            blame: Blame::Row,
         }
     }
 }
@@ -94,22 +98,34 @@ impl Sent {
     }
 
     /// The step's outcome: a redirect is permanent whatever the platform; any other reply,
-    /// or the failure without one, is read by the platform's `read`.
+    /// or the failure without one, is read by the platform's `read`. A failure without a
+    /// reply is blamed here: nothing sent is the link's, a lost reply the platform's.
     pub fn outcome(
         self,
         read: impl FnOnce(Result<&HttpReply, &SendError>) -> Reading,
     ) -> StepOutcome {
         let mut info = self.attempt_info();
-        let verdict = match &self.result {
-            Ok(r) if (300..400).contains(&r.status) => redirect_verdict(r),
+        let (verdict, blame) = match &self.result {
+            Ok(r) if (300..400).contains(&r.status) => {
+                (redirect_verdict(r), Blame::Sink(SinkCause::Config))
+            }
             result => {
                 let reading = read(result.as_ref());
                 info.reply_code = reading.code;
                 info.hint = reading.hint;
-                reading.verdict
+                let blame = match result {
+                    Ok(_) => reading.blame,
+                    Err(SendError::NotSent(_)) => Blame::Link,
+                    Err(SendError::MaybeSent(_)) => Blame::Sink(SinkCause::Unavailable),
+                };
+                (reading.verdict, blame)
             }
         };
-        StepOutcome { verdict, info }
+        StepOutcome {
+            verdict,
+            info,
+            blame,
+        }
     }
 }
 

@@ -113,10 +113,7 @@ pub(crate) async fn deliver(
     sink: &Sink,
 ) -> (ClaimedRow, StepOutcome) {
     let outcome = match precheck(&row, &name, sink) {
-        Some(reason) => StepOutcome {
-            verdict: Verdict::Permanent { reason },
-            info: Default::default(),
-        },
+        Some(reason) => StepOutcome::local(Verdict::Permanent { reason }, Default::default()),
         None => sink.deliver(&row).await,
     };
     (row, outcome)
