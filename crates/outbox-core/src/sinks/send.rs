@@ -7,6 +7,8 @@
 //! could apply it twice)? Redirects are never followed: a 3xx is a permanent failure, since
 //! following it would send the body, credentials included, to wherever `Location` points.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
@@ -159,6 +161,37 @@ pub fn scrub_then_truncate(secret: &Secret, text: &str, max: usize) -> String {
     truncate(&secret.scrub(text), max)
 }
 
+/// The platform's clock as its replies' `Date` header tells it: the platform's time minus
+/// ours at the moment the reply came back, in ms (the header has whole seconds, so it is
+/// good to about a second). Shared by a sink's sender and the worker that reports it.
+#[derive(Debug, Clone)]
+pub struct ClockSkew(Arc<AtomicI64>);
+
+impl Default for ClockSkew {
+    fn default() -> Self {
+        ClockSkew(Arc::new(AtomicI64::new(i64::MIN)))
+    }
+}
+
+impl ClockSkew {
+    /// The latest skew, `None` before a reply with a `Date` header.
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != i64::MIN)
+    }
+
+    fn set(&self, skew_ms: i64) {
+        self.0.store(skew_ms, Ordering::Relaxed);
+    }
+}
+
+/// The skew a `Date` header shows against `local_ms` (the platform's minus ours), with the
+/// half second the header's truncation to seconds loses on average added back.
+pub fn skew_of_date(date: &str, local_ms: i64) -> Option<i64> {
+    let at = httpdate::parse_http_date(date.trim()).ok()?;
+    let platform_ms = clock::ms(at.duration_since(std::time::UNIX_EPOCH).ok()?) + 500;
+    Some(platform_ms - local_ms)
+}
+
 /// One sink's HTTP client and the secret its texts are scrubbed of. Built from the sink's
 /// own settings, and rebuilt with the sink on reload.
 #[derive(Clone)]
@@ -166,6 +199,7 @@ pub struct Sender {
     client: reqwest::Client,
     timeout: Duration,
     secret: Secret,
+    skew: ClockSkew,
 }
 
 impl Sender {
@@ -191,7 +225,13 @@ impl Sender {
             client,
             timeout: settings.timeout,
             secret,
+            skew: ClockSkew::default(),
         })
+    }
+
+    /// The platform's clock as seen in this sender's replies.
+    pub fn clock_skew(&self) -> ClockSkew {
+        self.skew.clone()
     }
 
     /// The secret, for building a request. Never format it.
@@ -214,7 +254,7 @@ impl Sender {
             .body(body);
         let started_at = clock::now_ms();
         let t0 = Instant::now();
-        let result = send(request, &self.secret).await;
+        let result = send(request, &self.secret, &self.skew).await;
         Sent {
             started_at,
             duration_ms: t0.elapsed().as_millis() as i64,
@@ -224,7 +264,11 @@ impl Sender {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder, secret: &Secret) -> Result<HttpReply, SendError> {
+async fn send(
+    request: reqwest::RequestBuilder,
+    secret: &Secret,
+    skew: &ClockSkew,
+) -> Result<HttpReply, SendError> {
     let scrub_error = |e: SendError| match e {
         SendError::NotSent(t) => SendError::NotSent(secret.scrub(&t)),
         SendError::MaybeSent(t) => SendError::MaybeSent(secret.scrub(&t)),
@@ -241,6 +285,9 @@ async fn send(request: reqwest::RequestBuilder, secret: &Secret) -> Result<HttpR
             .map(str::to_string)
     };
     let status = response.status().as_u16();
+    if let Some(s) = header(reqwest::header::DATE).and_then(|d| skew_of_date(&d, clock::now_ms())) {
+        skew.set(s);
+    }
     let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| parse_retry_after(&v));
     let location = header(reqwest::header::LOCATION).map(|l| secret.scrub(&l));
     // The platform answered, so the request reached it: a broken body is ambiguous.

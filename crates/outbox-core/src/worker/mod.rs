@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::clock::{self, now_ms};
 use crate::config::{Config, WorkerConfig};
 use crate::event::ClaimedRow;
+use crate::health::{LinkConfig, LinkHealth, Transition};
 use crate::metrics::Metrics;
 use crate::outcome::StepOutcome;
 use crate::shutdown::Shutdown;
@@ -227,6 +228,8 @@ struct Worker<'c> {
     lease_ms: i64,
     mode: RunMode,
     slots: Vec<SinkSlot>,
+    /// Connect failures on every busy sink at once hold the link (and so every sink).
+    link: LinkHealth,
     /// The configured sinks' names.
     known: Vec<String>,
     /// Sinks an operator paused (re-read at each housekeeping; unknown before the first).
@@ -278,6 +281,7 @@ impl<'c> Worker<'c> {
             wc,
             mode: opts.mode,
             slots,
+            link: LinkHealth::new(LinkConfig::default()),
             known,
             paused: None,
             renewed_at: now,
@@ -387,10 +391,12 @@ impl<'c> Worker<'c> {
         };
         let plan = slots::plan_claims(
             &mut self.slots,
+            &self.link,
             paused,
             &self.pending_slots,
             self.wc.batch_size,
             now_ms(),
+            Instant::now(),
         );
         round.more_waiting |= plan.more_waiting;
         plan
@@ -525,11 +531,19 @@ impl<'c> Worker<'c> {
 
     /// One delivery task per claimed row.
     fn spawn_deliveries(&mut self, plan: &ClaimPlan, claimed: Vec<Vec<ClaimedRow>>) {
-        for (i, rows) in plan.slots.iter().zip(claimed) {
+        for ((i, probe), rows) in plan.slots.iter().zip(&plan.probes).zip(claimed) {
             self.counters
                 .claimed
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
             let slot = &mut self.slots[*i];
+            if let Some(first) = rows.first() {
+                if probe.sink {
+                    slot.health.probe_started(first.id);
+                }
+                if probe.link {
+                    self.link.probe_started(&slot.name);
+                }
+            }
             for row in rows {
                 slot.in_flight += 1;
                 let (sink, name) = (slot.sink.clone(), slot.name.clone());
@@ -577,10 +591,16 @@ impl<'c> Worker<'c> {
     async fn outbox_is_empty(&mut self) -> bool {
         // The status query counts the whole table: ask at most every 50ms.
         self.next_idle_check = Instant::now() + Duration::from_millis(50);
+        // A sink held until an operator acts (its platform's hold; credentials, clock or URL
+        // refused) has nothing an idle run can finish; a Retry-After, a streak or the link
+        // resume by themselves.
         let held: Vec<&str> = self
             .slots
             .iter()
-            .filter(|s| s.held.is_some())
+            .filter(|s| {
+                s.held.is_some()
+                    || matches!(s.health.state(), crate::health::State::Held(h) if h.kind.clears_on_reload())
+            })
             .map(|s| s.name.as_str())
             .collect();
         match self.call(self.store.stats(now_ms())).await {
@@ -639,6 +659,9 @@ impl<'c> Worker<'c> {
             if !self.in_flight.is_empty() && !stopping {
                 next = next.min(self.renew_at());
             }
+            if let Some(probe) = slots::next_probe(&self.slots, &self.link, Instant::now()) {
+                next = next.min(probe);
+            }
             next.max(Instant::now() + Duration::from_millis(1))
         };
         let grace = self.grace_deadline;
@@ -682,9 +705,33 @@ impl<'c> Worker<'c> {
 
     /// A delivery task joined: its verdict waits to be written with the next round.
     fn finished(&mut self, joined: Joined) {
-        if let Some((slot, c)) = finish(joined, &mut self.in_flight, &self.slots) {
+        let mut transitions = Vec::new();
+        let done = finish(
+            joined,
+            &mut self.in_flight,
+            &mut self.slots,
+            &mut self.link,
+            &mut transitions,
+        );
+        if let Some((slot, c)) = done {
+            slots::report_skew(&mut self.slots[slot]);
             self.pending_slots.push(slot);
             self.pending.push(c);
+        }
+        self.transitions(transitions);
+    }
+
+    /// Logs each change of a sink's (or the link's) health once, at warn.
+    fn transitions(&mut self, transitions: Vec<Transition>) {
+        for t in transitions {
+            if t.subject == "link" && t.to == "active" {
+                let now = Instant::now();
+                for slot in &mut self.slots {
+                    slot.health.link_restored(now);
+                }
+            }
+            let kind = t.kind.map(|k| k.as_str()).unwrap_or("");
+            tracing::warn!(sink = %t.subject, from = t.from, to = t.to, kind, "{t}");
         }
     }
 
@@ -695,8 +742,10 @@ impl<'c> Worker<'c> {
                 if new_config.database_url != self.config.database_url {
                     tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");
                 }
-                slots::reload_slots(&mut self.slots, fresh);
+                let resumed = slots::reload_slots(&mut self.slots, fresh, Instant::now());
+                self.transitions(resumed);
                 self.known = new_config.sinks.keys().cloned().collect();
+                self.link.retain_sinks(|s| new_config.sinks.contains_key(s));
                 self.wc = new_config.worker.clone();
                 self.lease_ms = clock::ms(self.wc.lease);
                 self.next_housekeeping = Instant::now();
