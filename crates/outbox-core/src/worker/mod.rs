@@ -29,7 +29,7 @@ use crate::clock::{self, now_ms};
 use crate::config::{Config, WorkerConfig};
 use crate::event::ClaimedRow;
 use crate::health::{LinkConfig, LinkHealth, Transition};
-use crate::metrics::Metrics;
+use crate::metrics::{HealthBoard, HealthView, Metrics};
 use crate::outcome::StepOutcome;
 use crate::shutdown::Shutdown;
 use crate::store::wake::Wake;
@@ -328,6 +328,7 @@ impl<'c> Worker<'c> {
     /// Tells the admin listener and the watchdog that the loop goes round.
     fn begin_round(&mut self) -> Round {
         self.metrics.tick();
+        self.publish_health();
         if let Some(beat) = &self.heartbeat {
             beat();
         }
@@ -731,8 +732,46 @@ impl<'c> Worker<'c> {
                 }
             }
             let kind = t.kind.map(|k| k.as_str()).unwrap_or("");
+            if let (Some(k), "active") = (t.kind, t.from) {
+                self.metrics.count_hold(&t.subject, k.as_str());
+            }
             tracing::warn!(sink = %t.subject, from = t.from, to = t.to, kind, "{t}");
         }
+    }
+
+    /// Hands the sinks' and the link's health to the admin listener (`/status.json`,
+    /// `/healthz`, `/metrics`).
+    fn publish_health(&self) {
+        let (at, now) = (Instant::now(), now_ms());
+        let view = |snap: crate::health::Snapshot, skew: Option<i64>| {
+            let epoch = |i: Instant| {
+                let ahead = clock::ms(i.saturating_duration_since(at));
+                let behind = clock::ms(at.saturating_duration_since(i));
+                now + ahead - behind
+            };
+            HealthView {
+                state: snap.state,
+                kind: snap.kind.map(|k| k.as_str()),
+                reason: snap.reason,
+                since_ms: snap.since.map(epoch),
+                next_probe_ms: snap.next_probe.map(epoch),
+                clock_skew_ms: skew,
+                holds: snap.holds,
+            }
+        };
+        let sinks = self
+            .slots
+            .iter()
+            .filter(|s| s.concurrency > 0)
+            .map(|s| {
+                let v = view(s.health.snapshot(), s.sink.clock_skew_ms());
+                (s.name.clone(), v)
+            })
+            .collect();
+        self.metrics.set_health(HealthBoard {
+            sinks,
+            link: Some(view(self.link.snapshot(), None)),
+        });
     }
 
     /// Applies a new, already validated config (SIGHUP).

@@ -196,7 +196,15 @@ pub(crate) fn plan_claims(
         let finishing = pending_slots.iter().filter(|s| **s == i).count();
         match claim_size(slot.concurrency, slot.in_flight, finishing, batch_size) {
             Some(limit) => {
-                let limit = if probe.sink || probe.link { 1 } else { limit };
+                // A probe is one row; so is every claim while a streak of sink failures is
+                // running, so a failing platform sees at most `hold_after` rows before the
+                // hold, not a batch per free slot.
+                let cautious = slot.health.snapshot().consecutive_failures > 0;
+                let limit = if probe.sink || probe.link || cautious {
+                    1
+                } else {
+                    limit
+                };
                 plan.claims.push((slot.name.clone(), limit));
                 plan.slots.push(i);
                 plan.probes.push(probe);
