@@ -335,3 +335,95 @@ async fn a_400_among_successes_dead_letters_only_its_row() {
     }
     assert!(!text.contains("held ("), "{text}");
 }
+
+/// `GET path` on the admin listener: status and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+async fn cli(env: &Env, args: &[&str]) -> String {
+    let out = tokio::process::Command::from(env.outboxd())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn status_metrics_and_healthz_show_a_held_sink() {
+    let env = Env::sqlite().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    env.write_config_raw(
+        &config(&env, 4, &["probe_initial = \"1h\""], env_secret())
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\"")),
+    );
+    let store = env.store().await;
+    env.sim.set_wrong_secret(None, &[Platform::Pyun]);
+    enqueue_orders(&env, &store, "ST", 20).await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    wait_for_log(&log, "pyun held (auth)").await;
+    // The worker publishes its health at the start of each round.
+    wait_until("the hold published", RUN, || {
+        let admin = admin.clone();
+        async move {
+            http_get(&admin, "/status.json")
+                .await
+                .1
+                .contains("\"held\"")
+        }
+    })
+    .await;
+
+    let (code, body) = http_get(&admin, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok\n"), "{body}");
+    assert!(body.contains("pyun held (auth) for"), "{body}");
+    assert!(body.contains("4pyun code 401"), "{body}");
+    let (_, metrics) = http_get(&admin, "/metrics").await;
+    for line in [
+        "outboxd_sink_state{sink=\"pyun\",state=\"held\"} 1",
+        "outboxd_sink_state{sink=\"pyun\",state=\"active\"} 0",
+        "outboxd_sink_holds_total{sink=\"pyun\",kind=\"auth\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let text = cli(&env, &["status"]).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with("pyun  held"), "{text}");
+    assert!(text.contains("pyun: held (auth) for"), "{text}");
+    assert!(text.contains("next probe in"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&env, &["status", "--json"]).await).unwrap();
+    assert_eq!(json[0]["health"]["state"], "held", "{json}");
+    assert_eq!(json[0]["health"]["kind"], "auth", "{json}");
+
+    daemon.kill().await.unwrap();
+    let text = cli(&env, &["status"]).await;
+    assert!(text.contains("pyun  active"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sink health: state unknown (daemon not reachable at {admin}"
+        )),
+        "{text}"
+    );
+}
