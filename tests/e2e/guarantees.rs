@@ -239,12 +239,19 @@ async fn commit_eating_proxy(upstream: std::net::SocketAddr) -> u16 {
                 let eat_up = eat.clone();
                 let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
+                    // Only the COMMIT of a transaction that claimed rows is eaten: other
+                    // rounds (housekeeping marks sinks) commit too, in an order this test
+                    // must not depend on.
+                    let claim = b"SET status = 'in_flight', lease_owner";
+                    let mut claimed = false;
                     while let Ok(n @ 1..) = cr.read(&mut buf).await {
                         let chunk = &buf[..n];
-                        if chunk.windows(6).any(|w| w == b"COMMIT")
-                            && armed.swap(false, Ordering::SeqCst)
-                        {
-                            eat_up.store(true, Ordering::SeqCst);
+                        claimed |= chunk.windows(claim.len()).any(|w| w == claim);
+                        if chunk.windows(6).any(|w| w == b"COMMIT") {
+                            if claimed && armed.swap(false, Ordering::SeqCst) {
+                                eat_up.store(true, Ordering::SeqCst);
+                            }
+                            claimed = false;
                         }
                         if sw.write_all(chunk).await.is_err() {
                             break;

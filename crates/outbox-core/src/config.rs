@@ -118,6 +118,10 @@ pub struct WorkerConfig {
     /// they finished, in small batches.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Every idempotency key ever accepted is remembered this long, far longer than the
+    /// rows: a producer's re-insert of a known key is ignored, never sent again.
+    #[serde(with = "humantime_serde")]
+    pub key_retention: Duration,
     /// Longest wait for one database call of the worker loop: a hung query fails the round
     /// (retried with backoff) instead of stalling the loop until the watchdog kills it.
     #[serde(with = "humantime_serde")]
@@ -134,6 +138,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
             retention: Duration::from_secs(7 * 24 * 3600),
+            key_retention: crate::store::DEFAULT_KEY_RETENTION,
             store_timeout: Duration::from_secs(30),
         }
     }
@@ -196,6 +201,14 @@ impl Config {
         }
         if w.poll_interval.is_zero() || w.wake_interval.is_zero() {
             p.push("worker.poll_interval and worker.wake_interval must be above 0".into());
+        }
+        if w.key_retention < w.retention {
+            // A pruned row's key must still be known, or its re-insert is sent again.
+            p.push(format!(
+                "worker.key_retention ({}) must be at least worker.retention ({}): keys outlive their rows",
+                humantime::format_duration(w.key_retention),
+                humantime::format_duration(w.retention)
+            ));
         }
         check_retry("retry", &self.retry, &mut p);
         if !self.admin.listen.is_empty()
@@ -342,6 +355,24 @@ mod tests {
         }
     }
 
+    /// The commented T/CEC example, uncommented, is a valid section.
+    #[test]
+    fn the_reference_tcec_example_parses_once_uncommented() {
+        let text = include_str!("../../../deploy/outboxd.toml");
+        let example = &text[text.find("#[sinks.supervision]").unwrap()..];
+        let section: String = example
+            .lines()
+            .filter(|l| !l.starts_with("# ") && l.starts_with('#'))
+            .map(|l| format!("{}\n", &l[1..]))
+            .collect();
+        let c: Config =
+            toml::from_str(&format!("database_url = \"sqlite:///x.db\"\n{section}")).unwrap();
+        assert_eq!(c.sinks["supervision"].platform.type_name(), "tcec");
+        for problem in c.validate() {
+            assert!(problem.contains("cannot read"), "{problem}");
+        }
+    }
+
     #[test]
     fn sink_keys_are_split_per_platform_and_unknown_ones_named() {
         std::env::set_var("OUTBOXD_TEST_SECRET_C", "s3cret");
@@ -362,7 +393,10 @@ mod tests {
         let a = &c.sinks["a"];
         assert_eq!(a.settings.timeout, Duration::from_secs(3));
         assert_eq!(a.platform.type_name(), "pyun");
-        assert_eq!(a.platform.event_type(), crate::event::EventType::ChargeEnd);
+        assert_eq!(
+            a.platform.event_types(),
+            [crate::event::EventType::ChargeEnd]
+        );
     }
 
     /// Issue 12 item 5: plain http only to loopback, unless the sink allows it; a proxy only
@@ -396,5 +430,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sinks.a: proxy"), "{err}");
+    }
+
+    #[test]
+    fn key_retention_defaults_to_400_days_and_may_not_be_shorter_than_retention() {
+        let w = WorkerConfig::default();
+        assert_eq!(w.key_retention, Duration::from_secs(400 * 24 * 3600));
+        let mut c: Config = toml::from_str(
+            "[worker]\nretention = \"30days\"\nkey_retention = \"7days\"\n[sinks.p]\ntype = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nsecret_env = \"X\"\n",
+        )
+        .unwrap();
+        assert!(c
+            .validate()
+            .iter()
+            .any(|m| m.contains("worker.key_retention (7days) must be at least")));
+        c.worker.key_retention = Duration::from_secs(31 * 24 * 3600);
+        assert!(!c.validate().iter().any(|m| m.contains("key_retention")));
     }
 }

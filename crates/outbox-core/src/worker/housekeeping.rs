@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 /// changed. `owner` holds `held`: those rows are not reclaimed.
 pub(crate) async fn housekeep(
     store: &Store,
-    known: &[String],
+    (known, unknown_hold): (&[String], Duration),
     (owner, held): (&str, &[i64]),
     now: i64,
     counters: &Counters,
@@ -27,11 +27,15 @@ pub(crate) async fn housekeep(
             "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
         );
     }
-    let unknown = store.dead_letter_unknown_sinks(known, now).await?;
+    // Not configured here: held (counted in status), dead-lettered only after max_age, so
+    // workers whose configs differ, or a renamed sink, do not dead-letter each other's rows.
+    let unknown = store
+        .dead_letter_unknown_sinks(known, unknown_hold, now)
+        .await?;
     if unknown > 0 {
         tracing::warn!(
             rows = unknown,
-            "dead-lettered rows addressed to sinks that are not configured"
+            "dead-lettered rows addressed to sinks that are not configured, older than max_age"
         );
         counters.dead.fetch_add(unknown, Ordering::Relaxed);
     }
@@ -40,7 +44,7 @@ pub(crate) async fn housekeep(
 
 /// Deletes finished rows past their retention, a small batch at a time, so pruning never
 /// holds the database long enough to stall delivery.
-pub(crate) async fn retention_task(store: Store, retention: Duration) {
+pub(crate) async fn retention_task(store: Store, retention: Duration, key_retention: Duration) {
     const BATCH: i64 = 500;
     // Idle checks every minute, or sooner for a short retention.
     let idle = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -51,6 +55,10 @@ pub(crate) async fn retention_task(store: Store, retention: Duration) {
             Ok(n) => {
                 if n > 0 {
                     tracing::debug!(rows = n, "pruned finished rows past retention");
+                }
+                // Keys outlive their rows by far (key_retention): forget the oldest few.
+                if let Err(e) = store.prune_keys(now_ms(), key_retention, BATCH).await {
+                    tracing::debug!(error = %e, "pruning keys failed; trying again later");
                 }
                 idle
             }
