@@ -529,4 +529,120 @@ mod tests {
             .unwrap()
             .starts_with("the row cannot be read"));
     }
+
+    #[test]
+    fn health_effects_map_onto_store_actions() {
+        let (sink, policy) = pyun();
+        let now = 10 * HOUR;
+        let r = row(1, now);
+        let d = |e: RowEffect, v: &Verdict, r: &ClaimedRow| {
+            decide_with_health(e, v, r, &sink, &policy, now, 0.5)
+        };
+        let refused = Verdict::Permanent {
+            reason: "4pyun code 401".into(),
+        };
+        // Not yet known whose fault: a permanent verdict is retried, attempt counted.
+        assert!(matches!(
+            d(RowEffect::Retry, &refused, &r),
+            Action::Retry { .. }
+        ));
+        assert!(matches!(
+            d(RowEffect::AsClassified, &refused, &r),
+            Action::Dead { .. }
+        ));
+        // Held: put back as it was; an ambiguous row stays in doubt.
+        assert_eq!(
+            d(RowEffect::Release, &refused, &r),
+            Action::Release { in_doubt: false }
+        );
+        let unknown = Verdict::Ambiguous {
+            reason: "timeout".into(),
+        };
+        assert_eq!(
+            d(RowEffect::Release, &unknown, &r),
+            Action::Release { in_doubt: true }
+        );
+        // Nothing sent: uncounted, whatever the attempts; only max_age (1 h here) ends it.
+        let not_sent = retry("not sent: connection refused");
+        assert_eq!(
+            d(RowEffect::RetryNotSent, &not_sent, &row(50, now)),
+            Action::Release { in_doubt: false }
+        );
+        match d(RowEffect::RetryNotSent, &not_sent, &row(1, now - 2 * HOUR)) {
+            Action::Dead { kind, reason, .. } => {
+                assert_eq!(kind, DeadKind::Expired);
+                assert!(reason.contains("never reached the platform"), "{reason}");
+                assert!(reason.ends_with("connection refused"), "{reason}");
+            }
+            other => panic!("expected dead, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_step_tells_the_sinks_health() {
+        use crate::health::{HealthConfig, SinkHealth};
+        let (sink, policy) = pyun();
+        let slot = SinkSlot {
+            name: "pyun".into(),
+            sink: std::sync::Arc::new(sink),
+            policy,
+            concurrency: 1,
+            in_flight: 0,
+            held: None,
+            health: SinkHealth::new("pyun", HealthConfig::default()),
+            health_config: HealthConfig::default(),
+            clock_skew_warn: Duration::from_secs(120),
+            skew_reported: None,
+        };
+        let step = |verdict: Verdict, blame: Blame| StepOutcome {
+            verdict,
+            info: AttemptInfo::default(),
+            blame,
+        };
+        let ok = Verdict::Delivered {
+            hint: None,
+            result: None,
+        };
+        assert_eq!(observed(&step(ok, Blame::Row), &slot), Observed::Success);
+        let bad = Verdict::Permanent {
+            reason: "`vin` invalid".into(),
+        };
+        assert_eq!(
+            observed(&step(bad.clone(), Blame::Row), &slot),
+            Observed::RowFailure
+        );
+        assert_eq!(
+            observed(&step(bad, Blame::Sink(SinkCause::Auth)), &slot),
+            Observed::SinkFailure {
+                cause: SinkCause::Auth,
+                reason: "`vin` invalid".into()
+            }
+        );
+        assert_eq!(
+            observed(&step(retry("not sent: refused"), Blame::Link), &slot),
+            Observed::LinkFailure {
+                reason: "not sent: refused".into()
+            }
+        );
+        // A Retry-After beyond the retry cap (and the 1 h ceiling) waits the ceiling.
+        let slowdown = Verdict::Retry {
+            reason: "HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(7200)),
+        };
+        match observed(&step(slowdown, Blame::Sink(SinkCause::Unavailable)), &slot) {
+            Observed::RetryAfter { wait, .. } => assert_eq!(wait, Duration::from_secs(3600)),
+            other => panic!("{other:?}"),
+        }
+        // A refused timestamp with no Date seen yet keeps the platform's words.
+        let window = Verdict::Permanent {
+            reason: "4pyun code 403 (hint: timestamp out of window)".into(),
+        };
+        assert_eq!(
+            observed(&step(window, Blame::Sink(SinkCause::Clock)), &slot),
+            Observed::SinkFailure {
+                cause: SinkCause::Clock,
+                reason: "4pyun code 403 (hint: timestamp out of window)".into()
+            }
+        );
+    }
 }
