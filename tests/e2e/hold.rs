@@ -427,3 +427,58 @@ async fn status_metrics_and_healthz_show_a_held_sink() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn connect_failures_on_every_sink_at_once_hold_the_link() {
+    let env = Env::sqlite().await;
+    let mut text = config(
+        &env,
+        2,
+        &["probe_initial = \"200ms\"", "probe_max = \"1s\""],
+        env_secret(),
+    );
+    text.push('\n');
+    text.push_str(&env.epeis_sink("epeis", &["concurrency = 2"]));
+    text.push_str("\n[sinks.epeis.health]\nprobe_initial = \"200ms\"\nprobe_max = \"1s\"\n");
+    env.write_config_raw(&text);
+    let store = env.store().await;
+    let pyun = enqueue_orders(&env, &store, "LINK", 10).await;
+    for i in 0..10 {
+        let aid = format!("SA-LINK-{i:03}");
+        let dosage = serde_json::json!({
+            "COM_METERAGE": {"SETTLEMENT_AID": aid, "NORMAL_RETRO_TYPE": "2"},
+            "COM_METER_INFO_TMP": [{
+                "DEVICE_DID": "DV00000000000001", "NORMAL_RETRO_TYPE": "2",
+                "ENERGY_FLOW_TYPE": "1", "READINGS_TYPE": "1", "ADDED_CONS": 12.5
+            }]
+        });
+        env.enqueue(&store, "epeis", EventType::Dosage, &aid, &dosage)
+            .await;
+    }
+    env.sim
+        .refuse_connections(Some(Duration::from_secs(4)))
+        .await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    let held = wait_for_log(&log, "link held (link)").await;
+    assert!(held.contains("2 sinks could not connect at once"), "{held}");
+    assert!(env.sim.wait_accepting(RUN).await);
+    wait_for_log(&log, "link active again").await;
+    wait_until("every row delivered", RUN, || {
+        let (p, e) = (
+            env.sim.applied_keys(Platform::Pyun).len(),
+            env.sim.applied_keys(Platform::Epeis).len(),
+        );
+        async move { p >= 10 && e >= 10 }
+    })
+    .await;
+    daemon.kill().await.unwrap();
+    assert_eq!(dead_count(&store).await, 0);
+    assert!(store
+        .dead_list(Some("epeis"), None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for key in &pyun {
+        assert_eq!(env.sim.applied_count(Platform::Pyun, key), 1, "{key}");
+    }
+}
