@@ -380,7 +380,10 @@ async fn http_5xx_is_retried_then_delivered_honouring_retry_after() {
         .script_epeis("SA-5XX", vec![Step::http(503), Step::http(502), Step::ok()]);
     env.sim
         .script_epeis("SA-SLOWDOWN", vec![Step::http_retry_after(503, 1)]);
+    // One after the other: a Retry-After holds the whole sink, and a row failing while the
+    // sink is held keeps its attempt count (issue 13).
     enqueue(&env, &store, "SA-5XX").await;
+    env.run_until_idle(RUN).await;
     enqueue(&env, &store, "SA-SLOWDOWN").await;
     env.run_until_idle(RUN).await;
 
@@ -794,7 +797,7 @@ async fn a_payload_carrying_credentials_is_refused() {
 }
 
 #[tokio::test]
-async fn wrong_credentials_are_dead_lettered_with_the_platforms_message() {
+async fn wrong_credentials_hold_the_sink_with_the_platforms_message() {
     let env = Env::sqlite().await;
     let wrong = "WK".repeat(32);
     let key_file = env.path().join("dynamic_key");
@@ -805,14 +808,25 @@ async fn wrong_credentials_are_dead_lettered_with_the_platforms_message() {
     ));
     let store = env.store().await;
     enqueue(&env, &store, "SA-WRONG-KEY").await;
+    // Until idle: the run ends once the sink is held (issue 13: a credential rejection holds
+    // the sink instead of dead-lettering its rows).
     let out = env.run_until_idle(RUN).await;
-    let d = dead(&store, "SA-WRONG-KEY").await;
-    assert_eq!(d.reason, "epeis CODE 1001: 渠道认证失败");
+    assert!(store
+        .dead_list(Some("epeis"), None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let row = store.row("epeis", "SA-WRONG-KEY").await.unwrap().unwrap();
+    assert_eq!(row.status, "pending");
     assert_eq!(env.sim.applied_count(Platform::Epeis, "SA-WRONG-KEY"), 0);
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("epeis held (auth): epeis CODE 1001: 渠道认证失败"),
+        "{log}"
     );
     assert!(!log.contains(&wrong));
     store.close().await;
@@ -938,7 +952,8 @@ dynamic_key_valid_until = "31/01/2027"
 #[tokio::test]
 async fn the_dynamic_key_never_reaches_logs_or_the_database() {
     let env = Env::sqlite().await;
-    configure(&env, "retryable_codes = [9]");
+    // 1001 dead-letters its row here (not a credential code), so its texts are stored.
+    configure(&env, "retryable_codes = [9]\ncredential_codes = []");
     let store = env.store().await;
     // Every error path writes its text somewhere; one reply even echoes the key back.
     env.sim.script_epeis(

@@ -4,6 +4,7 @@
 mod cli;
 mod epeis;
 mod guarantees;
+mod hold;
 mod keys;
 mod lbbtech;
 mod ops;

@@ -88,7 +88,7 @@ async fn dead_row(store: &Store, sink: &str, key: &str) -> Option<DeadRow> {
 }
 
 #[tokio::test]
-async fn a_redirect_is_not_followed_and_dead_letters_the_row() {
+async fn a_redirect_is_not_followed_and_holds_the_sink() {
     let env = Env::sqlite().await;
     // The second host answers like epeis accepting the adjustment.
     let (elsewhere, received) = serve(
@@ -131,7 +131,7 @@ connect_timeout = "1s"
         &payload,
     )
     .await;
-    env.run_until_idle(RUN).await;
+    let out = env.run_until_idle(RUN).await;
 
     assert!(
         received.lock().unwrap().is_empty(),
@@ -142,13 +142,23 @@ connect_timeout = "1s"
             .iter()
             .any(|r| r.contains(EPEIS_DYNAMIC_KEY))
     );
-    let reason = dead_row(&store, "epeis", "SA-REDIRECT-1")
-        .await
-        .expect("the row is dead-lettered")
-        .reason;
-    assert!(reason.contains("307"), "{reason}");
-    assert!(reason.contains(&location), "{reason}");
-    assert!(reason.contains("check the sink url"), "{reason}");
+    // The URL is the sink's problem (issue 13): the row is not dead-lettered, the sink is
+    // held with the reason, and the run ends idle.
+    assert!(dead_row(&store, "epeis", "SA-REDIRECT-1").await.is_none());
+    let row = store.row("epeis", "SA-REDIRECT-1").await.unwrap().unwrap();
+    assert_eq!(row.status, "pending");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = log
+        .lines()
+        .find(|l| l.contains("epeis held (config)"))
+        .unwrap_or_else(|| panic!("no hold in the log: {log}"));
+    assert!(held.contains("307"), "{held}");
+    assert!(held.contains(&location), "{held}");
+    assert!(held.contains("check the sink url"), "{held}");
 }
 
 /// Peak resident memory of a running process, in KiB (Linux).
@@ -165,7 +175,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_huge_reply_is_read_only_up_to_the_cap() {
     const BODY: usize = 96 * 1024 * 1024;
     let env = Env::sqlite().await;
-    let (addr, received) = serve("HTTP/1.1 404 Not Found".into(), BODY).await;
+    // A 400 is the row's problem and dead-letters it (a 404 would hold the sink).
+    let (addr, received) = serve("HTTP/1.1 400 Bad Request".into(), BODY).await;
     env.write_config_raw(
         &std::fs::read_to_string(&env.config_path)
             .unwrap()
@@ -194,7 +205,7 @@ async fn a_huge_reply_is_read_only_up_to_the_cap() {
     let peak_mib = peak_rss_kib(pid) / 1024;
     daemon.kill().await.unwrap();
     assert_eq!(received.lock().unwrap().len(), 1);
-    assert!(dead.reason.contains("HTTP 404"), "{}", dead.reason);
+    assert!(dead.reason.contains("HTTP 400"), "{}", dead.reason);
     let attempts = store.attempts(dead.outbox_id).await.unwrap();
     let stored = attempts[0].reply.as_deref().unwrap();
     assert!(

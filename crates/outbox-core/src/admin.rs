@@ -1,6 +1,8 @@
-//! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz` (200 when the
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` (200 when the
 //! database answers and the worker loop is going round and its store rounds succeed, 503
-//! otherwise, with the reason; a failure counts once it lasted `stall_after`).
+//! otherwise, with the reason; a failure counts once it lasted `stall_after`; a held sink
+//! keeps it 200 and is listed in the body) and `GET /status.json` (each sink's health, for
+//! `outboxd status`).
 //! Bound to loopback by default: the figures name sinks.
 //!
 //! Scrapes must never stall deliveries: the listener reads through a store of its own (its
@@ -163,7 +165,15 @@ impl Admin {
                     }
                 }
                 match self.metrics.since_tick_ms() {
-                    Some(ms) if ms <= stall_after => text(StatusCode::OK, "ok\n".into()),
+                    // A held sink is not a sick daemon: 200, with the holds in the body.
+                    Some(ms) if ms <= stall_after => {
+                        let mut body = "ok\n".to_string();
+                        for line in self.metrics.health().held_lines(now_ms()) {
+                            body.push_str(&line);
+                            body.push('\n');
+                        }
+                        text(StatusCode::OK, body)
+                    }
                     Some(ms) => text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("worker loop stalled: last went round {ms} ms ago\n"),
@@ -174,9 +184,18 @@ impl Admin {
                     ),
                 }
             }
+            ("GET", "/status.json") => {
+                let body = serde_json::to_string(&self.metrics.health())
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response parts")
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics or /healthz\n".into(),
+                "not found: try /metrics, /healthz or /status.json\n".into(),
             ),
         }
     }

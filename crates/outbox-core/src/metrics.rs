@@ -8,8 +8,72 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
+use serde::Serialize;
+
 use crate::clock::now_ms;
 use crate::store::SinkStats;
+
+/// A sink's (or the link's) health as the worker last published it, for `/status.json`,
+/// `/healthz` and `/metrics`. Times are epoch ms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthView {
+    /// `"active"` or `"held"`.
+    pub state: &'static str,
+    /// Why it is held: `auth`, `clock`, `config`, `retry_after`, `streak`, `link`.
+    pub kind: Option<&'static str>,
+    pub reason: Option<String>,
+    pub since_ms: Option<i64>,
+    pub next_probe_ms: Option<i64>,
+    /// The platform's clock minus ours (from its `Date` header), when known.
+    pub clock_skew_ms: Option<i64>,
+    /// Holds since the daemon started.
+    pub holds: u64,
+}
+
+impl HealthView {
+    pub fn is_held(&self) -> bool {
+        self.state == "held"
+    }
+}
+
+/// Every sink's health and the link's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HealthBoard {
+    pub sinks: BTreeMap<String, HealthView>,
+    pub link: Option<HealthView>,
+}
+
+impl HealthBoard {
+    /// One line per held sink (and the held link), for `/healthz`.
+    pub fn held_lines(&self, now: i64) -> Vec<String> {
+        let line = |name: &str, v: &HealthView| {
+            let mut l = format!(
+                "{name} held ({}) for {}: {}",
+                v.kind.unwrap_or("?"),
+                crate::clock::age(now - v.since_ms.unwrap_or(now)),
+                v.reason.as_deref().unwrap_or("")
+            );
+            if let Some(p) = v.next_probe_ms {
+                l.push_str(&format!(
+                    "; next probe in {}",
+                    crate::clock::age((p - now).max(0))
+                ));
+            }
+            l
+        };
+        let link = self
+            .link
+            .iter()
+            .filter(|v| v.is_held())
+            .map(|v| line("link", v));
+        self.sinks
+            .iter()
+            .filter(|(_, v)| v.is_held())
+            .map(|(n, v)| line(n, v))
+            .chain(link)
+            .collect()
+    }
+}
 
 /// Upper bounds (seconds) of the attempt latency histogram.
 const BUCKETS: [f64; 12] = [
@@ -29,6 +93,8 @@ struct Inner {
     outcomes: BTreeMap<(String, &'static str), u64>,
     hints: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
+    /// (sink, hold kind) → holds.
+    holds: BTreeMap<(String, &'static str), u64>,
 }
 
 #[derive(Default)]
@@ -40,9 +106,25 @@ pub struct Metrics {
     /// the first error: `/healthz` fails when they keep failing.
     failing_since: AtomicI64,
     failure: Mutex<String>,
+    health: Mutex<HealthBoard>,
 }
 
 impl Metrics {
+    /// The worker's latest view of its sinks' health.
+    pub fn set_health(&self, board: HealthBoard) {
+        *self.health.lock().expect("metrics lock") = board;
+    }
+
+    pub fn health(&self) -> HealthBoard {
+        self.health.lock().expect("metrics lock").clone()
+    }
+
+    /// A sink (or `"link"`) went from active to held.
+    pub fn count_hold(&self, sink: &str, kind: &'static str) {
+        let mut g = self.inner.lock().expect("metrics lock");
+        *g.holds.entry((sink.to_string(), kind)).or_default() += 1;
+    }
+
     pub fn record(&self, sink: &str, outcome: &'static str, duration_us: Option<i64>, hint: bool) {
         let mut g = self.inner.lock().expect("metrics lock");
         *g.outcomes.entry((sink.to_string(), outcome)).or_default() += 1;
@@ -143,8 +225,18 @@ impl Metrics {
                 h.count
             );
         }
+        out.push_str("# HELP outboxd_sink_holds_total Times a sink (or the link) was held, by kind, by this process.\n");
+        out.push_str("# TYPE outboxd_sink_holds_total counter\n");
+        for ((sink, kind), n) in &g.holds {
+            let _ = writeln!(
+                out,
+                "outboxd_sink_holds_total{{sink=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(sink)
+            );
+        }
         drop(g);
         render_gauges(&mut out, stats);
+        render_states(&mut out, stats, &self.health());
         out
     }
 }
@@ -205,6 +297,50 @@ fn render_gauges(out: &mut String, stats: &[SinkStats]) {
     );
 }
 
+/// `outboxd_sink_state{sink,state}`: 1 for the state the sink is in (`held` by this daemon's
+/// health, else `paused` by an operator, else `active`), 0 for the others; and the platform
+/// clock skew where a reply told it.
+fn render_states(out: &mut String, stats: &[SinkStats], health: &HealthBoard) {
+    let mut sinks: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+    for st in stats {
+        sinks.entry(&st.sink).or_default().1 = st.paused;
+    }
+    for (name, v) in &health.sinks {
+        sinks.entry(name).or_default().0 = v.is_held();
+    }
+    out.push_str("# HELP outboxd_sink_state 1 for the state the sink is in: active, paused (by an operator) or held (by its health).\n");
+    out.push_str("# TYPE outboxd_sink_state gauge\n");
+    for (name, (held, paused)) in &sinks {
+        let current = if *held {
+            "held"
+        } else if *paused {
+            "paused"
+        } else {
+            "active"
+        };
+        for state in ["active", "paused", "held"] {
+            let _ = writeln!(
+                out,
+                "outboxd_sink_state{{sink=\"{}\",state=\"{state}\"}} {}",
+                esc(name),
+                u8::from(state == current)
+            );
+        }
+    }
+    out.push_str("# HELP outboxd_platform_clock_skew_seconds The platform's clock minus ours, from its replies' Date header.\n");
+    out.push_str("# TYPE outboxd_platform_clock_skew_seconds gauge\n");
+    for (name, v) in &health.sinks {
+        if let Some(skew) = v.clock_skew_ms {
+            let _ = writeln!(
+                out,
+                "outboxd_platform_clock_skew_seconds{{sink=\"{}\"}} {}",
+                esc(name),
+                skew as f64 / 1000.0
+            );
+        }
+    }
+}
+
 /// Escapes a label value (Prometheus text format).
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -246,6 +382,59 @@ mod tests {
         );
         assert!(text.contains("outboxd_queue_pending{sink=\"pyun\"} 7"));
         assert!(text.contains("outboxd_dead_letter_rows{sink=\"pyun\"} 2"));
+    }
+
+    #[test]
+    fn sink_states_and_holds_are_exported() {
+        let m = Metrics::default();
+        let stats = vec![
+            SinkStats {
+                sink: "epeis".into(),
+                paused: true,
+                ..Default::default()
+            },
+            SinkStats {
+                sink: "pyun".into(),
+                ..Default::default()
+            },
+        ];
+        let held = HealthView {
+            state: "held",
+            kind: Some("auth"),
+            reason: Some("4pyun code 401".into()),
+            since_ms: Some(now_ms() - 60_000),
+            next_probe_ms: Some(now_ms() + 5_000),
+            clock_skew_ms: Some(-1_200_000),
+            holds: 1,
+        };
+        m.set_health(HealthBoard {
+            sinks: [("pyun".to_string(), held)].into(),
+            link: None,
+        });
+        m.count_hold("pyun", "auth");
+        let text = m.render(&stats);
+        for line in [
+            "outboxd_sink_state{sink=\"pyun\",state=\"held\"} 1",
+            "outboxd_sink_state{sink=\"pyun\",state=\"active\"} 0",
+            "outboxd_sink_state{sink=\"epeis\",state=\"paused\"} 1",
+            "outboxd_sink_state{sink=\"epeis\",state=\"held\"} 0",
+            "outboxd_sink_holds_total{sink=\"pyun\",kind=\"auth\"} 1",
+            "outboxd_platform_clock_skew_seconds{sink=\"pyun\"} -1200",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let lines = m.health().held_lines(now_ms());
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("pyun held (auth) for 1m"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("4pyun code 401; next probe in"),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]

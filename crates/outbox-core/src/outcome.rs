@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::health::{FailureScope, SinkCause};
+
 /// The verdict of one delivery step. Sinks produce it from a reply (pure code); the worker
 /// turns it into a row update.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,11 +67,60 @@ pub struct AttemptInfo {
     pub error: Option<String>,
 }
 
+/// Whose fault a failed step is, as the platform's classifier reads it (ignored for a
+/// success). The worker feeds it into the sink's health ([`crate::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Blame {
+    /// This row's content (a 400 naming a field), or nothing to say about the sink.
+    #[default]
+    Row,
+    /// The platform or this sink's settings.
+    Sink(SinkCause),
+    /// Nothing was sent: connect, DNS or TLS failed.
+    Link,
+}
+
+impl Blame {
+    pub fn scope(self) -> FailureScope {
+        match self {
+            Blame::Row => FailureScope::Row,
+            Blame::Sink(_) => FailureScope::Sink,
+            Blame::Link => FailureScope::Link,
+        }
+    }
+
+    /// The blame an HTTP status carries whatever the platform: 401/403 credentials, 404/405/410
+    /// and 3xx the URL, 408/425/429/5xx an unwell platform; `None` for the rest (the body
+    /// decides).
+    pub fn of_status(status: u16) -> Option<Blame> {
+        match status {
+            300..=399 | 404 | 405 | 410 => Some(Blame::Sink(SinkCause::Config)),
+            401 | 403 => Some(Blame::Sink(SinkCause::Auth)),
+            408 | 425 | 429 | 500..=599 => Some(Blame::Sink(SinkCause::Unavailable)),
+            _ => None,
+        }
+    }
+}
+
 /// One finished step: the verdict plus what was observed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     pub verdict: Verdict,
     pub info: AttemptInfo,
+    /// Whose fault it is when the verdict is not a success.
+    pub blame: Blame,
+}
+
+impl StepOutcome {
+    /// A step decided without a request (a payload that fails validation, a precheck): the
+    /// row's own business.
+    pub fn local(verdict: Verdict, info: AttemptInfo) -> StepOutcome {
+        StepOutcome {
+            verdict,
+            info,
+            blame: Blame::Row,
+        }
+    }
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary, marking the cut.

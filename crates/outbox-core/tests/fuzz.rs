@@ -356,6 +356,7 @@ fn rules() -> impl Strategy<Value = epeis::Rules> {
         |(retryable_codes, retry_ambiguous)| epeis::Rules {
             retryable_codes,
             retry_ambiguous,
+            credential_codes: epeis::DEFAULT_CREDENTIAL_CODES.to_vec(),
         },
     )
 }

@@ -58,13 +58,11 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Run { until_idle } => daemon::run(&cli.config, cli.database_url, until_idle).await,
         cmd => {
             // Database-only commands: the config's sinks and secrets need not be complete.
+            let config = Config::load_unchecked(&cli.config);
+            let admin_listen = config.as_ref().ok().map(|c| c.admin.listen.clone());
             let url = match cli.database_url {
                 Some(u) => u,
-                None => {
-                    Config::load_unchecked(&cli.config)
-                        .map_err(|e| e.to_string())?
-                        .database_url
-                }
+                None => config.map_err(|e| e.to_string())?.database_url,
             };
             let store = open(&url).await?;
             store
@@ -73,7 +71,9 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let r = match cmd {
                 Command::Enqueue(a) => ops::enqueue(&store, a).await,
-                Command::Status { json } => ops::status(&store, json).await,
+                Command::Status { json } => {
+                    ops::status(&store, json, admin_listen.as_deref()).await
+                }
                 Command::Show { sink, key, json } => ops::show(&store, &sink, &key, json).await,
                 Command::Dead(d) => ops::dead(&store, d).await,
                 Command::Pause { sink, note } => {

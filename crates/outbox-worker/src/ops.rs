@@ -92,29 +92,81 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
     Ok(())
 }
 
-pub async fn status(store: &Store, json_out: bool) -> CmdResult {
+/// `status`: the figures from the database; each sink's health (held or not) from the
+/// running daemon's admin listener (`admin_listen`), which alone knows it.
+pub async fn status(store: &Store, json_out: bool, admin_listen: Option<&str>) -> CmdResult {
     let now = now_ms();
     let stats = store.stats(now).await.map_err(store_err)?;
+    let health = daemon_health(admin_listen).await;
     if json_out {
-        print_json(&stats);
+        let mut all = serde_json::to_value(&stats).expect("plain data serialises");
+        for s in all.as_array_mut().into_iter().flatten() {
+            let name = s["sink"].as_str().unwrap_or_default().to_string();
+            s["health"] = match &health {
+                Ok(h) => h["sinks"][&name].clone(),
+                Err(why) => json!({"state": "unknown", "reason": why}),
+            };
+        }
+        print_json(&all);
         return Ok(());
     }
     if stats.is_empty() {
         println!("the outbox is empty: no rows, no dead letters, no paused sinks");
         return Ok(());
     }
-    print!("{}", status_table(&stats, Paint::stdout()));
+    print!("{}", status_table(&stats, &health, Paint::stdout()));
     Ok(())
 }
 
+/// The daemon's `/status.json` (each sink's health), read from its admin listener.
+async fn daemon_health(listen: Option<&str>) -> Result<serde_json::Value, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = listen
+        .filter(|l| !l.trim().is_empty())
+        .ok_or("daemon not reachable: no admin listener configured (admin.listen)")?;
+    if addr.ends_with(":0") {
+        return Err(format!(
+            "daemon not reachable: admin.listen = {addr:?} picks a port at random"
+        ));
+    }
+    let fetch = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(b"GET /status.json HTTP/1.0\r\nHost: outboxd\r\n\r\n")
+            .await?;
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
+        .await
+        .map_err(|_| format!("daemon not reachable at {addr}: no answer within 2 s"))?
+        .map_err(|e| format!("daemon not reachable at {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).map_err(|e| format!("daemon at {addr} answered no health ({e})"))
+}
+
 /// The text form of `status`: one line per sink, then what needs a look.
-fn status_table(stats: &[SinkStats], p: Paint) -> String {
+fn status_table(
+    stats: &[SinkStats],
+    health: &Result<serde_json::Value, String>,
+    p: Paint,
+) -> String {
+    let held = |sink: &str| match health {
+        Ok(h) if h["sinks"][sink]["state"] == "held" => Some(&h["sinks"][sink]),
+        _ => None,
+    };
     let rows: Vec<Vec<String>> = stats
         .iter()
         .map(|s| {
             vec![
                 p.bold(&s.sink),
-                if s.paused {
+                if held(&s.sink).is_some() {
+                    p.red("held")
+                } else if s.paused {
                     p.yellow("paused")
                 } else {
                     p.green("active")
@@ -160,6 +212,20 @@ fn status_table(stats: &[SinkStats], p: Paint) -> String {
                 p.red(&clip(e, 2 * TEXT_COLUMN))
             ));
         }
+        if let Some(h) = held(&s.sink) {
+            notes.push(held_note(&s.sink, h, now_ms()));
+        }
+        if let Ok(h) = health {
+            if let Some(skew) = h["sinks"][&s.sink]["clock_skew_ms"].as_i64() {
+                if skew.abs() >= 60_000 {
+                    notes.push(format!(
+                        "{}: {}",
+                        s.sink,
+                        p.yellow(&outbox_core::health::clock_reason(skew))
+                    ));
+                }
+            }
+        }
         if s.paused {
             notes.push(format!(
                 "{}: paused, {} row(s) held; `outboxd resume {}` delivers them again",
@@ -196,6 +262,9 @@ fn status_table(stats: &[SinkStats], p: Paint) -> String {
             ));
         }
     }
+    if let Err(why) = health {
+        notes.push(format!("sink health: state unknown ({why})"));
+    }
     if !notes.is_empty() {
         out.push('\n');
         for n in notes {
@@ -204,6 +273,21 @@ fn status_table(stats: &[SinkStats], p: Paint) -> String {
         }
     }
     out
+}
+
+/// "pyun: held (auth) since 2m 3s: 4pyun code 401 ...; next probe in 4s"
+fn held_note(sink: &str, h: &serde_json::Value, now: i64) -> String {
+    let mut note = format!(
+        "{sink}: held ({}) for {}: {}",
+        h["kind"].as_str().unwrap_or("?"),
+        clock::age(now - h["since_ms"].as_i64().unwrap_or(now)),
+        h["reason"].as_str().unwrap_or("")
+    );
+    if let Some(p) = h["next_probe_ms"].as_i64() {
+        note.push_str(&format!("; next probe in {}", clock::age((p - now).max(0))));
+    }
+    note.push_str("; its rows wait, using no attempts");
+    note
 }
 
 pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdResult {
@@ -692,16 +776,38 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let text = status_table(&stats, Paint::with(false));
+        let health = Ok(json!({"sinks": {"pyun": {
+            "state": "held", "kind": "auth", "reason": "4pyun code 401 签名验证不通过",
+            "since_ms": now_ms() - 125_000, "next_probe_ms": now_ms() + 4_500,
+            "clock_skew_ms": -1_200_000
+        }}}));
+        let text = status_table(&stats, &health, Paint::with(false));
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines[0].starts_with("SINK   STATE   PENDING  DUE"),
             "{text}"
         );
         assert!(
-            lines[1].starts_with("pyun   active       12    3"),
+            lines[1].starts_with("pyun   held         12    3"),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "pyun: held (auth) for 2m 5s: 4pyun code 401 签名验证不通过; next probe in 4s"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pyun: local clock is 20 min off the platform's (ahead of it)"),
+            "{text}"
+        );
+        let unknown = status_table(
+            &stats,
+            &Err("daemon not reachable".into()),
+            Paint::with(false),
+        );
+        assert!(unknown.contains("pyun   active"), "{unknown}");
+        assert!(unknown.contains("sink health: state unknown (daemon not reachable)"));
         assert!(lines[1].contains("3m 5s"), "{text}");
         assert!(
             lines[2].starts_with("epeis  paused        1    0"),

@@ -71,6 +71,7 @@ pub trait Platform: Sized + Send + Sync + 'static {
 /// A configured sink, ready to deliver.
 pub struct Sink {
     inner: Built,
+    skew: send::ClockSkew,
 }
 
 impl Sink {
@@ -79,11 +80,17 @@ impl Sink {
     pub fn build(name: &str, cfg: &SinkConfig) -> Result<Sink, String> {
         let secret = cfg.settings.load_secret(name)?;
         let http = Sender::new(&cfg.settings, secret).map_err(|e| format!("sinks.{name}: {e}"))?;
+        let skew = http.clock_skew();
         let inner = cfg
             .platform
             .build(&cfg.settings, http)
             .map_err(|e| format!("sinks.{name}: {e}"))?;
-        Ok(Sink { inner })
+        Ok(Sink { inner, skew })
+    }
+
+    /// The platform's clock minus ours, in ms, from its latest reply's `Date` header.
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        self.skew.get()
     }
 
     /// The sink's `type`.

@@ -7,10 +7,13 @@
 //! could apply it twice)? Redirects are never followed: a 3xx is a permanent failure, since
 //! following it would send the body, credentials included, to wherever `Location` points.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::outcome::{truncate, AttemptInfo, StepOutcome, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{truncate, AttemptInfo, Blame, StepOutcome, Verdict};
 use crate::secret::Secret;
 use crate::sinks::SinkSettings;
 
@@ -60,6 +63,8 @@ pub struct Reading {
     /// The platform's own reply code, for the attempt history.
     pub code: Option<String>,
     pub hint: Option<String>,
+    /// Whose fault a failure is (a failure without a reply is blamed by the send path).
+    pub blame: Blame,
 }
 
 impl Reading {
@@ -69,6 +74,7 @@ impl Reading {
             verdict,
             code: None,
             hint: None,
+            blame: Blame::Row,
         }
     }
 }
@@ -94,22 +100,34 @@ impl Sent {
     }
 
     /// The step's outcome: a redirect is permanent whatever the platform; any other reply,
-    /// or the failure without one, is read by the platform's `read`.
+    /// or the failure without one, is read by the platform's `read`. A failure without a
+    /// reply is blamed here: nothing sent is the link's, a lost reply the platform's.
     pub fn outcome(
         self,
         read: impl FnOnce(Result<&HttpReply, &SendError>) -> Reading,
     ) -> StepOutcome {
         let mut info = self.attempt_info();
-        let verdict = match &self.result {
-            Ok(r) if (300..400).contains(&r.status) => redirect_verdict(r),
+        let (verdict, blame) = match &self.result {
+            Ok(r) if (300..400).contains(&r.status) => {
+                (redirect_verdict(r), Blame::Sink(SinkCause::Config))
+            }
             result => {
                 let reading = read(result.as_ref());
                 info.reply_code = reading.code;
                 info.hint = reading.hint;
-                reading.verdict
+                let blame = match result {
+                    Ok(_) => reading.blame,
+                    Err(SendError::NotSent(_)) => Blame::Link,
+                    Err(SendError::MaybeSent(_)) => Blame::Sink(SinkCause::Unavailable),
+                };
+                (reading.verdict, blame)
             }
         };
-        StepOutcome { verdict, info }
+        StepOutcome {
+            verdict,
+            info,
+            blame,
+        }
     }
 }
 
@@ -143,6 +161,37 @@ pub fn scrub_then_truncate(secret: &Secret, text: &str, max: usize) -> String {
     truncate(&secret.scrub(text), max)
 }
 
+/// The platform's clock as its replies' `Date` header tells it: the platform's time minus
+/// ours at the moment the reply came back, in ms (the header has whole seconds, so it is
+/// good to about a second). Shared by a sink's sender and the worker that reports it.
+#[derive(Debug, Clone)]
+pub struct ClockSkew(Arc<AtomicI64>);
+
+impl Default for ClockSkew {
+    fn default() -> Self {
+        ClockSkew(Arc::new(AtomicI64::new(i64::MIN)))
+    }
+}
+
+impl ClockSkew {
+    /// The latest skew, `None` before a reply with a `Date` header.
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != i64::MIN)
+    }
+
+    fn set(&self, skew_ms: i64) {
+        self.0.store(skew_ms, Ordering::Relaxed);
+    }
+}
+
+/// The skew a `Date` header shows against `local_ms` (the platform's minus ours), with the
+/// half second the header's truncation to seconds loses on average added back.
+pub fn skew_of_date(date: &str, local_ms: i64) -> Option<i64> {
+    let at = httpdate::parse_http_date(date.trim()).ok()?;
+    let platform_ms = clock::ms(at.duration_since(std::time::UNIX_EPOCH).ok()?) + 500;
+    Some(platform_ms - local_ms)
+}
+
 /// One sink's HTTP client and the secrets its texts are scrubbed of. Built from the sink's
 /// own settings, and rebuilt with the sink on reload.
 #[derive(Clone)]
@@ -150,6 +199,7 @@ pub struct Sender {
     client: reqwest::Client,
     timeout: Duration,
     secret: Secret,
+    skew: ClockSkew,
     /// The platform's further secrets (T/CEC has four), scrubbed like `secret`.
     more_secrets: Vec<Secret>,
 }
@@ -177,8 +227,14 @@ impl Sender {
             client,
             timeout: settings.timeout,
             secret,
+            skew: ClockSkew::default(),
             more_secrets: Vec::new(),
         })
+    }
+
+    /// The platform's clock as seen in this sender's replies.
+    pub fn clock_skew(&self) -> ClockSkew {
+        self.skew.clone()
     }
 
     /// Also scrubs `more` from every reply and error text (a platform with several secrets
@@ -223,7 +279,7 @@ impl Sender {
         }
         let started_at = clock::now_ms();
         let t0 = Instant::now();
-        let result = send(request, &Scrubber::new(self, bearer)).await;
+        let result = send(request, &Scrubber::new(self, bearer), &self.skew).await;
         Sent {
             started_at,
             duration_ms: t0.elapsed().as_millis() as i64,
@@ -256,6 +312,7 @@ impl<'a> Scrubber<'a> {
 async fn send(
     request: reqwest::RequestBuilder,
     secret: &Scrubber<'_>,
+    skew: &ClockSkew,
 ) -> Result<HttpReply, SendError> {
     let scrub_error = |e: SendError| match e {
         SendError::NotSent(t) => SendError::NotSent(secret.scrub(&t)),
@@ -273,6 +330,9 @@ async fn send(
             .map(str::to_string)
     };
     let status = response.status().as_u16();
+    if let Some(s) = header(reqwest::header::DATE).and_then(|d| skew_of_date(&d, clock::now_ms())) {
+        skew.set(s);
+    }
     let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| parse_retry_after(&v));
     let location = header(reqwest::header::LOCATION).map(|l| secret.scrub(&l));
     // The platform answered, so the request reached it: a broken body is ambiguous.

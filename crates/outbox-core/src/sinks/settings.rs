@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, Visitor};
 
+use crate::health::HealthConfig;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::sinks::PlatformConfig;
@@ -46,10 +47,23 @@ pub struct SinkSettings {
     /// environment's `HTTPS_PROXY` says.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// When a streak of the sink's own failures holds it, and how it is probed
+    /// (`[sinks.NAME.health]`: `hold_after` 5, `probe_initial` 5 s, `probe_max` 5 min).
+    /// `hold_after = 0` turns holds off: every failure is judged row by row, as classified
+    /// (failures that never left then count as attempts too).
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// A platform `Date` header further than this from the local clock is logged (once per
+    /// change) and shown in `status` and `/metrics`.
+    #[serde(default = "default_clock_skew_warn", with = "humantime_serde")]
+    pub clock_skew_warn: Duration,
 }
 
 fn default_concurrency() -> usize {
     32
+}
+fn default_clock_skew_warn() -> Duration {
+    Duration::from_secs(120)
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)

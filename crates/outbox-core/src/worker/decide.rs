@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
 use super::slots::SinkSlot;
 use super::MAX_PAYLOAD_BYTES;
 use crate::clock::{self, now_ms};
 use crate::event::ClaimedRow;
-use crate::outcome::{AttemptInfo, StepOutcome, Verdict};
+use crate::health::{clock_reason, LinkHealth, Observed, RowEffect, SinkCause, Transition};
+use crate::outcome::{AttemptInfo, Blame, StepOutcome, Verdict};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sinks::Sink;
 use crate::store::{Action, Completion, DeadKind};
@@ -116,30 +118,52 @@ pub(crate) async fn deliver(
     sink: &Sink,
 ) -> (ClaimedRow, StepOutcome) {
     let outcome = match precheck(&row, &name, sink) {
-        Some(reason) => StepOutcome {
-            verdict: Verdict::Permanent { reason },
-            info: Default::default(),
-        },
+        Some(reason) => StepOutcome::local(Verdict::Permanent { reason }, Default::default()),
         None => sink.deliver(&row).await,
     };
     (row, outcome)
 }
 
-/// Turns a finished (or aborted, or panicked) delivery task into a completion.
+/// Turns a finished (or aborted, or panicked) delivery task into a completion, recording
+/// what it says about the sink's and the link's health; their changes of state are pushed
+/// to `transitions`.
 pub(crate) fn finish(
     joined: Joined,
     in_flight: &mut HashMap<tokio::task::Id, InFlight>,
-    slots: &[SinkSlot],
+    slots: &mut [SinkSlot],
+    link: &mut LinkHealth,
+    transitions: &mut Vec<Transition>,
 ) -> Option<(usize, Completion)> {
     let id = match &joined {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
     let f = in_flight.remove(&id)?;
-    let slot = &slots[f.slot];
+    let slot = &mut slots[f.slot];
     let now = now_ms();
+    if joined.is_err() {
+        slot.health.probe_abandoned(f.row_id);
+        link.probe_abandoned(&slot.name);
+    }
     let completion = match joined {
-        Ok((_, (row, outcome))) => verdict_completion(slot, row, outcome, now),
+        Ok((_, (row, outcome))) => {
+            let at = Instant::now();
+            let effect = if slot.health_config.hold_after == 0 {
+                // Holds off: every failure is judged row by row, as classified.
+                crate::health::Effect {
+                    row: RowEffect::AsClassified,
+                    transition: None,
+                }
+            } else {
+                let observed = observed(&outcome, slot);
+                slot.health.record(row.id, &observed, at)
+            };
+            transitions.extend(effect.transition);
+            if let Some(connected) = reached(&outcome) {
+                transitions.extend(link.observe(&slot.name, connected, at));
+            }
+            verdict_completion(slot, row, outcome, effect.row, now)
+        }
         Err(e) if e.is_panic() => {
             let msg = panic_message(e.into_panic());
             tracing::error!(sink = %slot.name, row = f.row_id, panic = %msg, "delivery panicked; dead-lettering the row");
@@ -166,15 +190,124 @@ pub(crate) fn finish(
     Some((f.slot, completion))
 }
 
+/// What a step says about its sink's health. A `Retry-After` holds the sink until then; a
+/// refused timestamp names the clock skew when the platform's `Date` explains it.
+pub(crate) fn observed(outcome: &StepOutcome, slot: &SinkSlot) -> Observed {
+    let reason = match &outcome.verdict {
+        Verdict::Delivered { .. } | Verdict::Completed { .. } | Verdict::Continue { .. } => {
+            return Observed::Success
+        }
+        Verdict::Retry {
+            retry_after: Some(wait),
+            reason,
+        } => {
+            return Observed::RetryAfter {
+                wait: slot.policy.retry_after_wait(*wait),
+                reason: format!("the platform asked for a pause (Retry-After): {reason}"),
+            }
+        }
+        Verdict::Retry { reason, .. }
+        | Verdict::Permanent { reason }
+        | Verdict::Ambiguous { reason } => reason.clone(),
+    };
+    match outcome.blame {
+        Blame::Row => Observed::RowFailure,
+        Blame::Link => Observed::LinkFailure { reason },
+        Blame::Sink(SinkCause::Clock) => {
+            let skew = slot.sink.clock_skew_ms();
+            let explained =
+                skew.filter(|s| s.unsigned_abs() as u128 >= slot.clock_skew_warn.as_millis());
+            Observed::SinkFailure {
+                cause: SinkCause::Clock,
+                reason: explained.map(clock_reason).unwrap_or(reason),
+            }
+        }
+        Blame::Sink(cause) => Observed::SinkFailure { cause, reason },
+    }
+}
+
+/// Whether the step's request reached the platform (`Some(true)`), could not connect
+/// (`Some(false)`), or was never tried (`None`: decided before sending).
+fn reached(outcome: &StepOutcome) -> Option<bool> {
+    if outcome.blame == Blame::Link {
+        return Some(false);
+    }
+    let tried = outcome.info.http_status.is_some() || outcome.info.error.is_some();
+    tried.then_some(true)
+}
+
+/// What the store does with a row, once its sink's health had its say: as classified; a
+/// retry even of a permanent verdict while it is unknown whether the row or the sink is at
+/// fault; an uncounted retry when nothing was sent (until `max_age`); or, for a held sink,
+/// the row put back as it was (an ambiguous one stays in doubt).
+pub fn decide_with_health(
+    effect: RowEffect,
+    verdict: &Verdict,
+    row: &ClaimedRow,
+    sink: &Sink,
+    policy: &RetryPolicy,
+    now: i64,
+    unit: f64,
+) -> Action {
+    match effect {
+        RowEffect::AsClassified => decide(verdict, row, sink, policy, now, unit),
+        RowEffect::Retry => match verdict {
+            Verdict::Permanent { reason } => {
+                let retry = Verdict::Retry {
+                    reason: reason.clone(),
+                    retry_after: None,
+                };
+                decide(&retry, row, sink, policy, now, unit)
+            }
+            other => decide(other, row, sink, policy, now, unit),
+        },
+        RowEffect::RetryNotSent => {
+            let age = Duration::from_millis(now.saturating_sub(row.created_at).max(0) as u64);
+            match policy.decide_not_sent(1, age, unit) {
+                // Uncounted and due again at once: the sink's streak holds it (and so
+                // paces this row) after `hold_after` such failures.
+                Decision::RetryAfter(_) => Action::Release { in_doubt: false },
+                Decision::GiveUp(why) => Action::Dead {
+                    kind: DeadKind::Expired,
+                    reason: format!("{why}; last error: {}", reason_of(verdict)),
+                    last_reply: None,
+                },
+            }
+        }
+        RowEffect::Release => Action::Release {
+            in_doubt: matches!(verdict, Verdict::Ambiguous { .. }),
+        },
+    }
+}
+
+fn reason_of(verdict: &Verdict) -> &str {
+    match verdict {
+        Verdict::Retry { reason, .. }
+        | Verdict::Permanent { reason }
+        | Verdict::Ambiguous { reason } => reason,
+        Verdict::Delivered { .. } => "delivered",
+        Verdict::Completed { note, .. } | Verdict::Continue { note, .. } => note,
+    }
+}
+
 /// The completion of a delivery that returned a verdict.
 fn verdict_completion(
     slot: &SinkSlot,
     row: ClaimedRow,
     outcome: StepOutcome,
+    effect: RowEffect,
     now: i64,
 ) -> Completion {
     let unit = rand::rng().random::<f64>();
-    let mut action = decide(&outcome.verdict, &row, &slot.sink, &slot.policy, now, unit);
+    let mut action = decide_with_health(
+        effect,
+        &outcome.verdict,
+        &row,
+        &slot.sink,
+        &slot.policy,
+        now,
+        unit,
+    );
     if let Action::Dead {
         kind, last_reply, ..
     } = &mut action
@@ -184,6 +317,13 @@ fn verdict_completion(
         if precheck(&row, &slot.name, &slot.sink).is_some() {
             *kind = DeadKind::Invalid;
         }
+    }
+    if effect == RowEffect::RetryNotSent && matches!(action, Action::Release { .. }) {
+        tracing::info!(
+            sink = %slot.name, key = row.idempotency_key.as_str(), attempt = row.attempts,
+            error = %reason_of(&outcome.verdict), counted = false,
+            "delivery failed; will retry"
+        );
     }
     log_verdict(&slot.name, &row, &outcome, &action);
     Completion {
@@ -388,5 +528,121 @@ mod tests {
         assert!(precheck(&bytes, "pyun", &sink)
             .unwrap()
             .starts_with("the row cannot be read"));
+    }
+
+    #[test]
+    fn health_effects_map_onto_store_actions() {
+        let (sink, policy) = pyun();
+        let now = 10 * HOUR;
+        let r = row(1, now);
+        let d = |e: RowEffect, v: &Verdict, r: &ClaimedRow| {
+            decide_with_health(e, v, r, &sink, &policy, now, 0.5)
+        };
+        let refused = Verdict::Permanent {
+            reason: "4pyun code 401".into(),
+        };
+        // Not yet known whose fault: a permanent verdict is retried, attempt counted.
+        assert!(matches!(
+            d(RowEffect::Retry, &refused, &r),
+            Action::Retry { .. }
+        ));
+        assert!(matches!(
+            d(RowEffect::AsClassified, &refused, &r),
+            Action::Dead { .. }
+        ));
+        // Held: put back as it was; an ambiguous row stays in doubt.
+        assert_eq!(
+            d(RowEffect::Release, &refused, &r),
+            Action::Release { in_doubt: false }
+        );
+        let unknown = Verdict::Ambiguous {
+            reason: "timeout".into(),
+        };
+        assert_eq!(
+            d(RowEffect::Release, &unknown, &r),
+            Action::Release { in_doubt: true }
+        );
+        // Nothing sent: uncounted, whatever the attempts; only max_age (1 h here) ends it.
+        let not_sent = retry("not sent: connection refused");
+        assert_eq!(
+            d(RowEffect::RetryNotSent, &not_sent, &row(50, now)),
+            Action::Release { in_doubt: false }
+        );
+        match d(RowEffect::RetryNotSent, &not_sent, &row(1, now - 2 * HOUR)) {
+            Action::Dead { kind, reason, .. } => {
+                assert_eq!(kind, DeadKind::Expired);
+                assert!(reason.contains("never reached the platform"), "{reason}");
+                assert!(reason.ends_with("connection refused"), "{reason}");
+            }
+            other => panic!("expected dead, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_step_tells_the_sinks_health() {
+        use crate::health::{HealthConfig, SinkHealth};
+        let (sink, policy) = pyun();
+        let slot = SinkSlot {
+            name: "pyun".into(),
+            sink: std::sync::Arc::new(sink),
+            policy,
+            concurrency: 1,
+            in_flight: 0,
+            held: None,
+            health: SinkHealth::new("pyun", HealthConfig::default()),
+            health_config: HealthConfig::default(),
+            clock_skew_warn: Duration::from_secs(120),
+            skew_reported: None,
+        };
+        let step = |verdict: Verdict, blame: Blame| StepOutcome {
+            verdict,
+            info: AttemptInfo::default(),
+            blame,
+        };
+        let ok = Verdict::Delivered {
+            hint: None,
+            result: None,
+        };
+        assert_eq!(observed(&step(ok, Blame::Row), &slot), Observed::Success);
+        let bad = Verdict::Permanent {
+            reason: "`vin` invalid".into(),
+        };
+        assert_eq!(
+            observed(&step(bad.clone(), Blame::Row), &slot),
+            Observed::RowFailure
+        );
+        assert_eq!(
+            observed(&step(bad, Blame::Sink(SinkCause::Auth)), &slot),
+            Observed::SinkFailure {
+                cause: SinkCause::Auth,
+                reason: "`vin` invalid".into()
+            }
+        );
+        assert_eq!(
+            observed(&step(retry("not sent: refused"), Blame::Link), &slot),
+            Observed::LinkFailure {
+                reason: "not sent: refused".into()
+            }
+        );
+        // A Retry-After beyond the retry cap (and the 1 h ceiling) waits the ceiling.
+        let slowdown = Verdict::Retry {
+            reason: "HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(7200)),
+        };
+        match observed(&step(slowdown, Blame::Sink(SinkCause::Unavailable)), &slot) {
+            Observed::RetryAfter { wait, .. } => assert_eq!(wait, Duration::from_secs(3600)),
+            other => panic!("{other:?}"),
+        }
+        // A refused timestamp with no Date seen yet keeps the platform's words.
+        let window = Verdict::Permanent {
+            reason: "4pyun code 403 (hint: timestamp out of window)".into(),
+        };
+        assert_eq!(
+            observed(&step(window, Blame::Sink(SinkCause::Clock)), &slot),
+            Observed::SinkFailure {
+                cause: SinkCause::Clock,
+                reason: "4pyun code 403 (hint: timestamp out of window)".into()
+            }
+        );
     }
 }

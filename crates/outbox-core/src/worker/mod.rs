@@ -28,7 +28,8 @@ use tokio::time::Instant;
 use crate::clock::{self, now_ms};
 use crate::config::{Config, WorkerConfig};
 use crate::event::ClaimedRow;
-use crate::metrics::Metrics;
+use crate::health::{LinkConfig, LinkHealth, Transition};
+use crate::metrics::{HealthBoard, HealthView, Metrics};
 use crate::outcome::StepOutcome;
 use crate::shutdown::Shutdown;
 use crate::store::wake::Wake;
@@ -227,6 +228,8 @@ struct Worker<'c> {
     lease_ms: i64,
     mode: RunMode,
     slots: Vec<SinkSlot>,
+    /// Connect failures on every busy sink at once hold the link (and so every sink).
+    link: LinkHealth,
     /// The configured sinks' names.
     known: Vec<String>,
     /// Sinks an operator paused (re-read at each housekeeping; unknown before the first).
@@ -278,6 +281,7 @@ impl<'c> Worker<'c> {
             wc,
             mode: opts.mode,
             slots,
+            link: LinkHealth::new(LinkConfig::default()),
             known,
             paused: None,
             renewed_at: now,
@@ -324,6 +328,7 @@ impl<'c> Worker<'c> {
     /// Tells the admin listener and the watchdog that the loop goes round.
     fn begin_round(&mut self) -> Round {
         self.metrics.tick();
+        self.publish_health();
         if let Some(beat) = &self.heartbeat {
             beat();
         }
@@ -394,10 +399,12 @@ impl<'c> Worker<'c> {
         };
         let plan = slots::plan_claims(
             &mut self.slots,
+            &self.link,
             paused,
             &self.pending_slots,
             self.wc.batch_size,
             now_ms(),
+            Instant::now(),
         );
         round.more_waiting |= plan.more_waiting;
         plan
@@ -532,11 +539,19 @@ impl<'c> Worker<'c> {
 
     /// One delivery task per claimed row.
     fn spawn_deliveries(&mut self, plan: &ClaimPlan, claimed: Vec<Vec<ClaimedRow>>) {
-        for (i, rows) in plan.slots.iter().zip(claimed) {
+        for ((i, probe), rows) in plan.slots.iter().zip(&plan.probes).zip(claimed) {
             self.counters
                 .claimed
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
             let slot = &mut self.slots[*i];
+            if let Some(first) = rows.first() {
+                if probe.sink {
+                    slot.health.probe_started(first.id);
+                }
+                if probe.link {
+                    self.link.probe_started(&slot.name);
+                }
+            }
             for row in rows {
                 slot.in_flight += 1;
                 let (sink, name) = (slot.sink.clone(), slot.name.clone());
@@ -584,10 +599,16 @@ impl<'c> Worker<'c> {
     async fn outbox_is_empty(&mut self) -> bool {
         // The status query counts the whole table: ask at most every 50ms.
         self.next_idle_check = Instant::now() + Duration::from_millis(50);
+        // A sink held until an operator acts (its platform's hold; credentials, clock or URL
+        // refused) has nothing an idle run can finish; a Retry-After, a streak or the link
+        // resume by themselves.
         let held: Vec<&str> = self
             .slots
             .iter()
-            .filter(|s| s.held.is_some())
+            .filter(|s| {
+                s.held.is_some()
+                    || matches!(s.health.state(), crate::health::State::Held(h) if h.kind.clears_on_reload())
+            })
             .map(|s| s.name.as_str())
             .collect();
         match self.call(self.store.stats(now_ms())).await {
@@ -646,6 +667,9 @@ impl<'c> Worker<'c> {
             if !self.in_flight.is_empty() && !stopping {
                 next = next.min(self.renew_at());
             }
+            if let Some(probe) = slots::next_probe(&self.slots, &self.link, Instant::now()) {
+                next = next.min(probe);
+            }
             next.max(Instant::now() + Duration::from_millis(1))
         };
         let grace = self.grace_deadline;
@@ -689,10 +713,72 @@ impl<'c> Worker<'c> {
 
     /// A delivery task joined: its verdict waits to be written with the next round.
     fn finished(&mut self, joined: Joined) {
-        if let Some((slot, c)) = finish(joined, &mut self.in_flight, &self.slots) {
+        let mut transitions = Vec::new();
+        let done = finish(
+            joined,
+            &mut self.in_flight,
+            &mut self.slots,
+            &mut self.link,
+            &mut transitions,
+        );
+        if let Some((slot, c)) = done {
+            slots::report_skew(&mut self.slots[slot]);
             self.pending_slots.push(slot);
             self.pending.push(c);
         }
+        self.transitions(transitions);
+    }
+
+    /// Logs each change of a sink's (or the link's) health once, at warn.
+    fn transitions(&mut self, transitions: Vec<Transition>) {
+        for t in transitions {
+            if t.subject == "link" && t.to == "active" {
+                let now = Instant::now();
+                for slot in &mut self.slots {
+                    slot.health.link_restored(now);
+                }
+            }
+            let kind = t.kind.map(|k| k.as_str()).unwrap_or("");
+            if let (Some(k), "active") = (t.kind, t.from) {
+                self.metrics.count_hold(&t.subject, k.as_str());
+            }
+            tracing::warn!(sink = %t.subject, from = t.from, to = t.to, kind, "{t}");
+        }
+    }
+
+    /// Hands the sinks' and the link's health to the admin listener (`/status.json`,
+    /// `/healthz`, `/metrics`).
+    fn publish_health(&self) {
+        let (at, now) = (Instant::now(), now_ms());
+        let view = |snap: crate::health::Snapshot, skew: Option<i64>| {
+            let epoch = |i: Instant| {
+                let ahead = clock::ms(i.saturating_duration_since(at));
+                let behind = clock::ms(at.saturating_duration_since(i));
+                now + ahead - behind
+            };
+            HealthView {
+                state: snap.state,
+                kind: snap.kind.map(|k| k.as_str()),
+                reason: snap.reason,
+                since_ms: snap.since.map(epoch),
+                next_probe_ms: snap.next_probe.map(epoch),
+                clock_skew_ms: skew,
+                holds: snap.holds,
+            }
+        };
+        let sinks = self
+            .slots
+            .iter()
+            .filter(|s| s.concurrency > 0)
+            .map(|s| {
+                let v = view(s.health.snapshot(), s.sink.clock_skew_ms());
+                (s.name.clone(), v)
+            })
+            .collect();
+        self.metrics.set_health(HealthBoard {
+            sinks,
+            link: Some(view(self.link.snapshot(), None)),
+        });
     }
 
     /// Applies a new, already validated config (SIGHUP).
@@ -702,8 +788,10 @@ impl<'c> Worker<'c> {
                 if new_config.database_url != self.config.database_url {
                     tracing::warn!("database_url changed: that takes a restart; the rest of the new config is applied");
                 }
-                slots::reload_slots(&mut self.slots, fresh);
+                let resumed = slots::reload_slots(&mut self.slots, fresh, Instant::now());
+                self.transitions(resumed);
                 self.known = new_config.sinks.keys().cloned().collect();
+                self.link.retain_sinks(|s| new_config.sinks.contains_key(s));
                 self.wc = new_config.worker.clone();
                 self.lease_ms = clock::ms(self.wc.lease);
                 self.next_housekeeping = Instant::now();

@@ -21,6 +21,11 @@ pub struct EpeisConfig {
     /// Non-zero `CODE`s that are retried instead of dead-lettered.
     #[serde(default)]
     pub retryable_codes: Option<Vec<i64>>,
+    /// Non-zero `CODE`s that reject the channel credential (`CHANNEL_DID`/`DYNAMIC_KEY`):
+    /// the sink's problem, not the row's, so the sink is held instead of dead-lettering its
+    /// rows. Default `[1001]`.
+    #[serde(default)]
+    pub credential_codes: Option<Vec<i64>>,
     /// Retry ambiguous failures (the adjustment may then be applied twice).
     #[serde(default)]
     pub retry_ambiguous: Option<bool>,

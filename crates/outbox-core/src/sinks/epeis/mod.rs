@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 pub use config::{parse_valid_until, EpeisConfig};
 pub use payload::{decimal_text, validate, Dosage, Meter};
-pub use reply::{classify, outcome_unknown, transport_verdict, Classified, Rules};
+pub use reply::{
+    classify, outcome_unknown, transport_verdict, Classified, Rules, DEFAULT_CREDENTIAL_CODES,
+};
 pub use request::{request_body, Head};
 
 use crate::clock;
@@ -96,6 +98,10 @@ impl Platform for Epeis {
             rules: Rules {
                 retryable_codes: cfg.retryable_codes.clone().unwrap_or_default(),
                 retry_ambiguous: cfg.retry_ambiguous.unwrap_or(false),
+                credential_codes: cfg
+                    .credential_codes
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CREDENTIAL_CODES.to_vec()),
             },
             valid_until_ms,
             last_warned: AtomicI64::new(i64::MIN),
@@ -135,12 +141,14 @@ impl Platform for Epeis {
     }
 
     async fn deliver(&self, row: &ClaimedRow) -> StepOutcome {
-        let local = |verdict: Verdict| StepOutcome {
-            verdict: self.scrub(verdict),
-            info: AttemptInfo {
-                started_at: clock::now_ms(),
-                ..Default::default()
-            },
+        let local = |verdict: Verdict| {
+            StepOutcome::local(
+                self.scrub(verdict),
+                AttemptInfo {
+                    started_at: clock::now_ms(),
+                    ..Default::default()
+                },
+            )
         };
         let dosage = match validate(&row.payload) {
             Ok(d) => d,
@@ -180,6 +188,7 @@ impl Platform for Epeis {
                     verdict: c.verdict,
                     code: c.code,
                     hint: None,
+                    blame: c.blame,
                 }
             }
             Err(e) => Reading::verdict(transport_verdict(e, aid, self.rules.retry_ambiguous)),

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::outcome::{truncate, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{truncate, Blame, Verdict};
 use crate::sinks::send::SendError;
 
 /// How replies and ambiguous failures are treated (from the sink's config).
@@ -12,7 +13,13 @@ use crate::sinks::send::SendError;
 pub struct Rules {
     pub retryable_codes: Vec<i64>,
     pub retry_ambiguous: bool,
+    /// Non-zero `CODE`s that reject the channel credential: the sink's fault.
+    pub credential_codes: Vec<i64>,
 }
+
+/// The credential-rejection `CODE`s when the sink lists none (the simulator's channel-check
+/// failure; the real platform documents only `0`).
+pub const DEFAULT_CREDENTIAL_CODES: &[i64] = &[1001];
 
 /// The reason of an ambiguous outcome: what happened, and what the operator should check.
 pub fn outcome_unknown(what: &str, settlement_aid: &str, retry_ambiguous: bool) -> String {
@@ -33,6 +40,8 @@ pub struct Classified {
     pub verdict: Verdict,
     /// `CODE` as text, when the reply had one.
     pub code: Option<String>,
+    /// Whose fault a failure is.
+    pub blame: Blame,
 }
 
 pub fn classify(
@@ -69,6 +78,7 @@ pub fn classify(
                 retry_after,
             },
             code,
+            blame: Blame::Sink(SinkCause::Unavailable),
         };
     }
     if !(200..300).contains(&status) {
@@ -80,6 +90,7 @@ pub fn classify(
                 ),
             },
             code,
+            blame: Blame::of_status(status).unwrap_or(Blame::Row),
         };
     }
     let Some((text, number)) = code_value else {
@@ -94,6 +105,7 @@ pub fn classify(
                 reason: outcome_unknown(&what, settlement_aid, rules.retry_ambiguous),
             },
             code: None,
+            blame: Blame::Sink(SinkCause::Unavailable),
         };
     };
     let describe = || {
@@ -114,9 +126,15 @@ pub fn classify(
         },
         _ => Verdict::Permanent { reason: describe() },
     };
+    let blame = match number {
+        Some(n) if rules.credential_codes.contains(&n) => Blame::Sink(SinkCause::Auth),
+        Some(n) if rules.retryable_codes.contains(&n) => Blame::Sink(SinkCause::Unavailable),
+        _ => Blame::Row,
+    };
     Classified {
         verdict,
         code: Some(text),
+        blame,
     }
 }
 

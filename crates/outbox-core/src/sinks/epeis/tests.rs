@@ -417,6 +417,7 @@ fn rules() -> Rules {
     Rules {
         retryable_codes: vec![9],
         retry_ambiguous: false,
+        credential_codes: vec![1001],
     }
 }
 
@@ -440,7 +441,8 @@ fn the_seed_reply_example_is_a_delivery() {
                 hint: None,
                 result: None
             },
-            code: Some("0".into())
+            code: Some("0".into()),
+            blame: crate::outcome::Blame::Row,
         }
     );
     assert!(matches!(
@@ -748,4 +750,61 @@ async fn invalid_payloads_are_permanent_and_scrubbed() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn each_reply_is_blamed_on_the_row_the_sink_or_the_link() {
+    use crate::health::SinkCause::{Auth, Config, Unavailable};
+    use crate::outcome::Blame;
+    let blame = |status: u16, body: &str| classify(status, None, body, &rules(), "SA1").blame;
+    // A refused channel credential (CHANNEL_DID/DYNAMIC_KEY): the sink's.
+    assert_eq!(
+        blame(200, r#"{"CODE":1001,"MESSAGE":"渠道校验失败","DATA":{}}"#),
+        Blame::Sink(Auth)
+    );
+    // A field the platform refused: the row's.
+    assert_eq!(
+        blame(200, r#"{"CODE":2001,"MESSAGE":"结算户不存在","DATA":{}}"#),
+        Blame::Row
+    );
+    // A code the sink retries, HTTP 5xx/429, a 2xx without CODE: the platform's.
+    assert_eq!(
+        blame(200, r#"{"CODE":9,"MESSAGE":"busy"}"#),
+        Blame::Sink(Unavailable)
+    );
+    assert_eq!(blame(503, ""), Blame::Sink(Unavailable));
+    assert_eq!(blame(200, "<html>"), Blame::Sink(Unavailable));
+    assert_eq!(blame(401, ""), Blame::Sink(Auth));
+    assert_eq!(blame(404, "no such path"), Blame::Sink(Config));
+    // The credential codes are the sink's setting.
+    let mut r = rules();
+    r.credential_codes = vec![77];
+    let c = classify(
+        200,
+        None,
+        r#"{"CODE":77,"MESSAGE":"key expired"}"#,
+        &r,
+        "SA1",
+    );
+    assert_eq!(c.blame, Blame::Sink(Auth));
+}
+
+#[tokio::test]
+async fn a_failure_before_sending_is_the_links_and_a_lost_reply_the_platforms() {
+    use crate::health::SinkCause::Unavailable;
+    use crate::outcome::Blame;
+    use crate::sinks::send::Sent;
+    let sent = |result| Sent {
+        started_at: 0,
+        duration_ms: 0,
+        duration_us: 0,
+        result,
+    };
+    let read = |r: Result<&crate::sinks::send::HttpReply, &SendError>| {
+        crate::sinks::send::Reading::verdict(transport_verdict(r.unwrap_err(), "SA1", false))
+    };
+    let refused = sent(Err(SendError::NotSent("connection refused".into()))).outcome(read);
+    assert_eq!(refused.blame, Blame::Link);
+    let lost = sent(Err(SendError::MaybeSent("timeout".into()))).outcome(read);
+    assert_eq!(lost.blame, Blame::Sink(Unavailable));
 }

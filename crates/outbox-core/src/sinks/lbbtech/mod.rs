@@ -62,7 +62,7 @@ pub use config::LbbtechConfig;
 pub use flow::{FlowState, PollState, Settings, VerifyState};
 pub use payload::{validate, Charger, StartCommand};
 pub use reply::{
-    after_poll, after_start, after_verify, before_start, order_status_meaning, reply_code,
+    after_poll, after_start, after_verify, before_start, blame, order_status_meaning, reply_code,
     result_meaning, Reply,
 };
 pub use request::form_body;
@@ -134,12 +134,14 @@ impl Platform for Lbbtech {
     /// Runs the row's next step: start, poll or verify.
     async fn deliver(&self, row: &ClaimedRow) -> StepOutcome {
         let now = clock::now_ms();
-        let decided = |verdict| StepOutcome {
-            verdict,
-            info: AttemptInfo {
-                started_at: now,
-                ..Default::default()
-            },
+        let decided = |verdict| {
+            StepOutcome::local(
+                verdict,
+                AttemptInfo {
+                    started_at: now,
+                    ..Default::default()
+                },
+            )
         };
         let state = match FlowState::parse(row.flow_state.as_deref()) {
             Ok(s) => s,
@@ -203,17 +205,18 @@ impl Lbbtech {
             .await;
         let now = clock::now_ms();
         sent.outcome(|result| match result {
-            Ok(r) => Reading {
-                verdict: classify(
-                    Reply::Http {
-                        status: r.status,
-                        body: &r.body,
-                    },
-                    now,
-                ),
-                code: reply_code(&r.body),
-                hint: None,
-            },
+            Ok(r) => {
+                let reply = Reply::Http {
+                    status: r.status,
+                    body: &r.body,
+                };
+                Reading {
+                    verdict: classify(reply, now),
+                    code: reply_code(&r.body),
+                    hint: None,
+                    blame: blame(reply),
+                }
+            }
             Err(e @ SendError::NotSent(_)) => {
                 Reading::verdict(classify(Reply::NotSent(&e.to_string()), now))
             }

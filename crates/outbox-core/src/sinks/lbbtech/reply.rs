@@ -8,7 +8,8 @@ use super::flow::{FlowState, PollState, Settings, VerifyState};
 use super::payload::Charger;
 use super::{MAX_VERIFY_QUERIES, OUTCOME_UNKNOWN};
 use crate::event::ClaimedRow;
-use crate::outcome::{truncate, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{truncate, Blame, Verdict};
 
 /// The platform's answer to an order query for an order it does not have ("订单不存在").
 const NO_ORDER_MARK: &str = "不存在";
@@ -20,6 +21,34 @@ pub enum Reply<'a> {
     Http { status: u16, body: &'a str },
     NotSent(&'a str),
     MaybeSent(&'a str),
+}
+
+/// The platform's refusal of the token ("token无效"): a wrong or revoked token.
+const BAD_TOKEN_MARK: &str = "token";
+
+/// Whose fault a failed call is, whatever the step: a refused token (and 401/403), a wrong
+/// URL (404, 3xx) and an unwell platform (5xx, 429, a reply that is not JSON) are the sink's;
+/// nothing sent is the link's; any other refusal (a bad field, a charger that failed to
+/// start) is the row's.
+pub fn blame(reply: Reply<'_>) -> Blame {
+    let (status, body) = match reply {
+        Reply::NotSent(_) => return Blame::Link,
+        Reply::MaybeSent(_) => return Blame::Sink(SinkCause::Unavailable),
+        Reply::Http { status, body } => (status, body),
+    };
+    if let Some(b) = Blame::of_status(status) {
+        return b;
+    }
+    let Some(obj) = json_object(body) else {
+        return Blame::Sink(SinkCause::Unavailable);
+    };
+    let refused_token = success_of(&obj) == Some(false)
+        && text_of(obj.get("error")).is_some_and(|e| e.contains(BAD_TOKEN_MARK));
+    if refused_token {
+        Blame::Sink(SinkCause::Auth)
+    } else {
+        Blame::Row
+    }
 }
 
 /// The meaning of a start result code (`query/result` `data.result`).

@@ -646,3 +646,33 @@ fn an_order_list_without_our_order_is_no_order() {
     }
     assert_eq!(result(&v)["outcome"], "failed");
 }
+
+#[test]
+fn each_reply_is_blamed_on_the_row_the_sink_or_the_link() {
+    use crate::health::SinkCause::{Auth, Config, Unavailable};
+    use crate::outcome::Blame;
+    let http = |status: u16, body: &'static str| blame(Reply::Http { status, body });
+    // A refused token: the sink's, whatever the step.
+    assert_eq!(
+        http(200, r#"{"code":"-1","error":"token无效","success":false}"#),
+        Blame::Sink(Auth)
+    );
+    // A refused field, a charger that did not start: the row's.
+    assert_eq!(
+        http(
+            200,
+            r#"{"code":"-1","error":"参数simId不能为空","success":false}"#
+        ),
+        Blame::Row
+    );
+    assert_eq!(
+        http(200, r#"{"success":true,"data":{"result":3}}"#),
+        Blame::Row
+    );
+    // The platform unwell, the URL wrong, nothing sent.
+    assert_eq!(http(502, ""), Blame::Sink(Unavailable));
+    assert_eq!(http(200, "<html>"), Blame::Sink(Unavailable));
+    assert_eq!(http(404, ""), Blame::Sink(Config));
+    assert_eq!(blame(Reply::NotSent("connection refused")), Blame::Link);
+    assert_eq!(blame(Reply::MaybeSent("reset")), Blame::Sink(Unavailable));
+}

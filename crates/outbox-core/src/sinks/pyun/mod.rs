@@ -75,13 +75,13 @@ impl Platform for Pyun {
         let fields = match validate(&row.payload, &row.idempotency_key) {
             Ok(f) => f,
             Err(reason) => {
-                return StepOutcome {
-                    verdict: Verdict::Permanent { reason },
-                    info: AttemptInfo {
+                return StepOutcome::local(
+                    Verdict::Permanent { reason },
+                    AttemptInfo {
                         started_at: clock::now_ms(),
                         ..Default::default()
                     },
-                }
+                )
             }
         };
         // Fresh timestamp and signature for every attempt: the platform rejects stale ones.
@@ -94,6 +94,7 @@ impl Platform for Pyun {
                     verdict: c.verdict,
                     code: c.code,
                     hint: c.hint,
+                    blame: c.blame,
                 }
             }
             Err(e) => Reading::verdict(Verdict::Retry {

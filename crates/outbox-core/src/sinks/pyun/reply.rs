@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::config::PyunCodes;
-use crate::outcome::{truncate, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{truncate, Blame, Verdict};
 
 /// What a reply means, per the sink's code table.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +14,8 @@ pub struct Classified {
     pub verdict: Verdict,
     pub code: Option<String>,
     pub hint: Option<String>,
+    /// Whose fault a failure is.
+    pub blame: Blame,
 }
 
 pub fn classify(
@@ -30,6 +33,7 @@ pub fn classify(
             },
             code: None,
             hint: None,
+            blame: Blame::Sink(SinkCause::Unavailable),
         };
     }
     if !(200..300).contains(&status) {
@@ -42,6 +46,7 @@ pub fn classify(
             },
             code: None,
             hint: None,
+            blame: Blame::of_status(status).unwrap_or(Blame::Row),
         };
     }
     let Ok(Value::Object(reply)) = serde_json::from_str::<Value>(body) else {
@@ -52,6 +57,7 @@ pub fn classify(
             },
             code: None,
             hint: None,
+            blame: Blame::Sink(SinkCause::Unavailable),
         };
     };
     let text = |k: &str| match reply.get(k) {
@@ -68,13 +74,30 @@ pub fn classify(
             },
             code: None,
             hint,
+            blame: Blame::Sink(SinkCause::Unavailable),
         };
     };
     let verdict = by_code(&code, message, hint.as_deref(), seqno, codes, retry_after);
+    let blame = blame_of_code(&code, hint.as_deref());
     Classified {
         verdict,
         code: Some(code),
         hint,
+        blame,
+    }
+}
+
+/// Whose fault a reply code is: `401`/`1401` (signature) and `403` (app_id, or the timestamp
+/// window: the clock) are the sink's, as are the platform's own errors (`500`, `503`, `1500`,
+/// `1503`); `400`/`1400` (a missing or bad parameter, named in the hint) and every other code
+/// are the row's.
+pub fn blame_of_code(code: &str, hint: Option<&str>) -> Blame {
+    match code {
+        "401" | "1401" => Blame::Sink(SinkCause::Auth),
+        "403" if hint.is_some_and(|h| h.contains("timestamp")) => Blame::Sink(SinkCause::Clock),
+        "403" => Blame::Sink(SinkCause::Auth),
+        "500" | "503" | "1500" | "1503" => Blame::Sink(SinkCause::Unavailable),
+        _ => Blame::Row,
     }
 }
 

@@ -278,3 +278,42 @@ fn code_table_is_configurable() {
         Verdict::Retry { .. }
     ));
 }
+
+#[test]
+fn each_documented_code_is_blamed_on_the_row_the_sink_or_the_link() {
+    use crate::health::SinkCause::{Auth, Clock, Config, Unavailable};
+    use crate::outcome::Blame;
+    let blame = |status: u16, body: &str| classify(status, None, body, &PyunCodes::default()).blame;
+    let code = |c: &str, hint: Option<&str>| {
+        let mut reply = serde_json::json!({"code": c, "message": "m", "seqno": "1"});
+        if let Some(h) = hint {
+            reply["hint"] = h.into();
+        }
+        blame(200, &reply.to_string())
+    };
+    // A parameter the hint names: the row's.
+    assert_eq!(code("400", Some("`vin` is required")), Blame::Row);
+    assert_eq!(code("1400", None), Blame::Row);
+    // Signature and app_id: the sink's credentials.
+    assert_eq!(code("401", None), Blame::Sink(Auth));
+    assert_eq!(code("1401", None), Blame::Sink(Auth));
+    assert_eq!(code("403", Some("app_id unknown")), Blame::Sink(Auth));
+    // The 10-minute timestamp window: the clock.
+    assert_eq!(
+        code("403", Some("timestamp out of window")),
+        Blame::Sink(Clock)
+    );
+    // The platform's own errors, a reply that is not JSON, HTTP 5xx/429: toward a streak.
+    for c in ["500", "503", "1500", "1503"] {
+        assert_eq!(code(c, None), Blame::Sink(Unavailable), "{c}");
+    }
+    assert_eq!(blame(200, "<html>"), Blame::Sink(Unavailable));
+    assert_eq!(blame(503, ""), Blame::Sink(Unavailable));
+    assert_eq!(blame(429, ""), Blame::Sink(Unavailable));
+    // HTTP 401/403 credentials, 404 the URL.
+    assert_eq!(blame(401, ""), Blame::Sink(Auth));
+    assert_eq!(blame(403, ""), Blame::Sink(Auth));
+    assert_eq!(blame(404, ""), Blame::Sink(Config));
+    // Final answers say nothing against the row or the sink.
+    assert_eq!(code("1002", None), Blame::Row);
+}

@@ -299,3 +299,20 @@ async fn every_secret_and_the_bearer_token_are_scrubbed() {
         "[redacted] and [redacted]"
     );
 }
+
+#[test]
+fn a_date_header_gives_the_platforms_clock_skew() {
+    // Sun, 06 Nov 1994 08:49:37 GMT = 784111777 s; the half second the header drops is
+    // added back.
+    let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+    assert_eq!(skew_of_date(date, 784_111_777_500), Some(0));
+    assert_eq!(
+        skew_of_date(date, 784_111_777_500 - 20 * 60_000),
+        Some(20 * 60_000)
+    );
+    assert_eq!(skew_of_date("yesterday", 0), None);
+    let skew = ClockSkew::default();
+    assert_eq!(skew.get(), None);
+    skew.set(-5);
+    assert_eq!(skew.clone().get(), Some(-5));
+}

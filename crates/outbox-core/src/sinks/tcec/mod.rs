@@ -34,7 +34,8 @@ use std::sync::Mutex;
 
 use crate::clock;
 use crate::event::{ClaimedRow, EventType};
-use crate::outcome::{AttemptInfo, StepOutcome, Verdict};
+use crate::health::SinkCause;
+use crate::outcome::{AttemptInfo, Blame, StepOutcome, Verdict};
 use crate::secret::Secret;
 use crate::sinks::send::{redirect_verdict, Sender};
 use crate::sinks::{Ambiguity, Platform, SinkSettings};
@@ -159,6 +160,15 @@ impl Platform for Tcec {
             (info, None)
         });
         let classified = delivery.classified;
+        // Whose fault: refused credentials and a redirect are the sink's; the rest is
+        // judged row by row (T/CEC's codes are not classified by scope yet).
+        let blame = if delivery.hold.is_some() {
+            Blame::Sink(SinkCause::Auth)
+        } else if redirect.is_some() {
+            Blame::Sink(SinkCause::Config)
+        } else {
+            Blame::Row
+        };
         let verdict = if let Some(reason) = delivery.hold {
             // Credentials: hold the sink, and give the row back to be tried after the fix.
             let reason = format!(
@@ -178,18 +188,22 @@ impl Platform for Tcec {
         if let Verdict::Delivered { hint, .. } = &verdict {
             info.hint = hint.clone();
         }
-        StepOutcome { verdict, info }
+        StepOutcome {
+            verdict,
+            info,
+            blame,
+        }
     }
 }
 
 fn permanent(reason: String) -> StepOutcome {
-    StepOutcome {
-        verdict: Verdict::Permanent { reason },
-        info: AttemptInfo {
+    StepOutcome::local(
+        Verdict::Permanent { reason },
+        AttemptInfo {
             started_at: clock::now_ms(),
             ..Default::default()
         },
-    }
+    )
 }
 
 /// The [`Transport`] of one delivery over the sink's [`Sender`]: no redirects, the sink's
