@@ -4,7 +4,9 @@
 mod cli;
 mod epeis;
 mod guarantees;
+mod help;
 mod lbbtech;
+mod logs;
 mod ops;
 mod postgres;
 mod pyun;
