@@ -2,6 +2,7 @@
 //! loopback. One test binary (svix's layout) so the suite links once.
 
 mod cli;
+mod demo;
 mod epeis;
 mod guarantees;
 mod help;
