@@ -30,10 +30,15 @@ fn global_options_are_listed_once_under_their_own_heading() {
     let out = outboxd(&["dead", "requeue", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    let global = help.find("Global options:").unwrap_or_else(|| panic!("{help}"));
+    let global = help
+        .find("Global options:")
+        .unwrap_or_else(|| panic!("{help}"));
     for flag in ["--config", "--database-url", "--log-format"] {
         assert_eq!(help.matches(flag).count(), 1, "{flag} in\n{help}");
-        assert!(help.find(flag).unwrap() > global, "{flag} not under the heading:\n{help}");
+        assert!(
+            help.find(flag).unwrap() > global,
+            "{flag} not under the heading:\n{help}"
+        );
     }
 }
 
@@ -43,7 +48,11 @@ fn every_argument_has_help() {
     // where a line with just the flag is followed by a blank one.
     let dir = tempfile::tempdir().unwrap();
     let out = outboxd(&["man", dir.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pages: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(pages.len() > 5, "one page per subcommand");
     for sub in [
@@ -72,7 +81,10 @@ fn every_argument_has_help() {
                 && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['));
             if is_arg && !l.contains("  -h, --help") {
                 let next = lines.get(i + 1).copied().unwrap_or("");
-                assert!(!next.trim().is_empty(), "{sub:?}: no help for {t:?}\n{help}");
+                assert!(
+                    !next.trim().is_empty(),
+                    "{sub:?}: no help for {t:?}\n{help}"
+                );
             }
         }
     }
@@ -80,7 +92,11 @@ fn every_argument_has_help() {
 
 #[test]
 fn completions_are_generated_for_the_usual_shells() {
-    for (shell, needle) in [("bash", "_outboxd()"), ("zsh", "#compdef outboxd"), ("fish", "complete -c outboxd")] {
+    for (shell, needle) in [
+        ("bash", "_outboxd()"),
+        ("zsh", "#compdef outboxd"),
+        ("fish", "complete -c outboxd"),
+    ] {
         let out = outboxd(&["completions", shell]);
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);

@@ -17,8 +17,14 @@ const RUN: Duration = Duration::from_secs(60);
 async fn env_with_a_warning() -> Env {
     let env = Env::sqlite().await;
     let store = env.store().await;
-    env.enqueue(&store, "pyun", EventType::ChargeEnd, "LOG-OK", &charge_end("LOG-OK"))
-        .await;
+    env.enqueue(
+        &store,
+        "pyun",
+        EventType::ChargeEnd,
+        "LOG-OK",
+        &charge_end("LOG-OK"),
+    )
+    .await;
     let mut bad = charge_end("LOG-BAD");
     bad["start_time"] = "2026-11-24T09:20:00Z".into();
     bad["end_time"] = "2026-11-24T08:20:00Z".into();
@@ -74,7 +80,9 @@ async fn under_journald_every_line_carries_its_syslog_priority() {
     assert!(!lines.is_empty(), "no log at all");
     for l in &lines {
         assert!(
-            l.starts_with('<') && l[1..].starts_with(|c: char| c.is_ascii_digit()) && l[2..].starts_with('>'),
+            l.starts_with('<')
+                && l[1..].starts_with(|c: char| c.is_ascii_digit())
+                && l[2..].starts_with('>'),
             "a line without its priority prefix: {l:?}\n{text}"
         );
     }
@@ -139,8 +147,12 @@ async fn log_format_text_overrides_json_off_a_terminal() {
     let text = run_logged(&env, &["--log-format", "text"], &log, None).await;
     assert!(text.contains("dead-lettered"), "{text}");
     assert!(
-        text.lines().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        text.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "JSON despite --log-format text:\n{text}"
     );
-    assert!(text.contains("key=\"LOG-BAD\"") || text.contains("key=LOG-BAD"), "{text}");
+    assert!(
+        text.contains("key=\"LOG-BAD\"") || text.contains("key=LOG-BAD"),
+        "{text}"
+    );
 }

@@ -45,14 +45,22 @@ fn worker_defaults_are_the_documented_ones() {
 fn retry_defaults_are_the_documented_ones() {
     let text = documented_defaults("retry");
     let documented: RetryPolicy = toml::from_str(&text).unwrap();
-    assert_eq!(documented, RetryPolicy::default(), "deploy/outboxd.toml [retry]:\n{text}");
+    assert_eq!(
+        documented,
+        RetryPolicy::default(),
+        "deploy/outboxd.toml [retry]:\n{text}"
+    );
 }
 
 #[test]
 fn admin_defaults_are_the_documented_ones() {
     let text = documented_defaults("admin");
     let documented: AdminConfig = toml::from_str(&text).unwrap();
-    assert_eq!(documented, AdminConfig::default(), "deploy/outboxd.toml [admin]:\n{text}");
+    assert_eq!(
+        documented,
+        AdminConfig::default(),
+        "deploy/outboxd.toml [admin]:\n{text}"
+    );
 }
 
 #[test]
@@ -63,7 +71,10 @@ fn the_documented_unit_runs_outbox_migrate_as_the_unit_does() {
         .lines()
         .find(|l| l.starts_with("ExecStartPre="))
         .expect("the unit migrates before starting");
-    assert!(operations.contains(&format!("`{pre}`")), "docs/OPERATIONS.md does not show {pre}");
+    assert!(
+        operations.contains(&format!("`{pre}`")),
+        "docs/OPERATIONS.md does not show {pre}"
+    );
     assert!(
         !operations.contains("outbox-migrate --database-url ...`"),
         "docs/OPERATIONS.md still shows an ExecStartPre= with --database-url"

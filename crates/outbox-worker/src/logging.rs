@@ -197,6 +197,10 @@ mod tests {
         let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
         let m = std::fs::File::from(fd).metadata().unwrap();
         assert!(stderr_is_journal(Some(&format!("{}:{}", m.dev(), m.ino()))));
-        assert!(!stderr_is_journal(Some(&format!("{}:{}", m.dev(), m.ino() + 1))));
+        assert!(!stderr_is_journal(Some(&format!(
+            "{}:{}",
+            m.dev(),
+            m.ino() + 1
+        ))));
     }
 }
