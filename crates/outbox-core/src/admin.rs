@@ -1,6 +1,11 @@
 //! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz` (200 when the
-//! database answers and the worker loop is going round, 503 otherwise, with the reason).
+//! database answers and the worker loop is going round and its store rounds succeed, 503
+//! otherwise, with the reason; a failure counts once it lasted `stall_after`).
 //! Bound to loopback by default: the figures name sinks.
+//!
+//! Scrapes must never stall deliveries: the listener reads through a store of its own (its
+//! own connection, never the worker's), and the statistics scan, which reads every kept row,
+//! is cached ([`StatsCache`]) and run by one scrape at a time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,15 +19,89 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use tokio::time::Instant;
+
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{SinkStats, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Admin {
+    /// A store for the listener alone: not the worker's connection.
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub stall_after: Duration,
+    pub stats: Arc<StatsCache>,
+}
+
+impl Admin {
+    /// `store` should be opened for the listener alone (see the module doc).
+    pub fn new(store: Store, metrics: Arc<Metrics>, stall_after: Duration) -> Admin {
+        Admin {
+            stats: Arc::new(StatsCache::new(store.clone())),
+            store,
+            metrics,
+            stall_after,
+        }
+    }
+}
+
+/// Longest time cached statistics are served.
+const MAX_STALE: Duration = Duration::from_secs(5);
+
+/// A scan quicker than this is not cached: it costs the database next to nothing, and the
+/// figures stay exact.
+const WORTH_CACHING: Duration = Duration::from_millis(100);
+
+/// The queue statistics of `/metrics`, cached. A scan that took `t` (at least
+/// [`WORTH_CACHING`]) is served for `10 t`, at most [`MAX_STALE`], so the scan never keeps
+/// the database busy more than a tenth of the time, however many scrapers there are: on a
+/// small outbox the figures are exact, at a million kept rows they are refreshed every few
+/// seconds. Concurrent scrapes wait for the one scan in progress instead of starting
+/// their own.
+pub struct StatsCache {
+    store: Store,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    at: Instant,
+    took: Duration,
+    stats: Arc<Vec<SinkStats>>,
+}
+
+impl StatsCache {
+    pub fn new(store: Store) -> StatsCache {
+        StatsCache {
+            store,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<Vec<SinkStats>>, StoreError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.at.elapsed() < fresh_for(c.took) {
+                return Ok(c.stats.clone());
+            }
+        }
+        let started = Instant::now();
+        let stats = Arc::new(self.store.stats(now_ms()).await?);
+        *cached = Some(Cached {
+            at: Instant::now(),
+            took: started.elapsed(),
+            stats: stats.clone(),
+        });
+        Ok(stats)
+    }
+}
+
+/// How long statistics whose scan took `took` are served from the cache.
+fn fresh_for(took: Duration) -> Duration {
+    if took < WORTH_CACHING {
+        return Duration::ZERO;
+    }
+    (took * 10).min(MAX_STALE)
 }
 
 /// Binds the listener and serves it in the background. Returns the bound address.
@@ -60,7 +139,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 impl Admin {
     async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         match (req.method().as_str(), req.uri().path()) {
-            ("GET", "/metrics") => match self.store.stats(now_ms()).await {
+            ("GET", "/metrics") => match self.stats.get().await {
                 Ok(stats) => text(StatusCode::OK, self.metrics.render(&stats)),
                 Err(e) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -74,10 +153,17 @@ impl Admin {
                         format!("database unavailable: {e}\n"),
                     );
                 }
-                match self.metrics.since_tick_ms() {
-                    Some(ms) if ms <= self.stall_after.as_millis() as i64 => {
-                        text(StatusCode::OK, "ok\n".into())
+                let stall_after = self.stall_after.as_millis() as i64;
+                if let Some((ms, why)) = self.metrics.failing_for_ms() {
+                    if ms > stall_after {
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("database unavailable to the worker: its rounds have failed for {ms} ms: {why}\n"),
+                        );
                     }
+                }
+                match self.metrics.since_tick_ms() {
+                    Some(ms) if ms <= stall_after => text(StatusCode::OK, "ok\n".into()),
                     Some(ms) => text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("worker loop stalled: last went round {ms} ms ago\n"),
@@ -93,5 +179,21 @@ impl Admin {
                 "not found: try /metrics or /healthz\n".into(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_scan_is_cached_longer_but_never_beyond_max_stale() {
+        assert_eq!(fresh_for(Duration::from_micros(300)), Duration::ZERO);
+        assert_eq!(fresh_for(Duration::from_millis(99)), Duration::ZERO);
+        assert_eq!(
+            fresh_for(Duration::from_millis(200)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(fresh_for(Duration::from_secs(3)), MAX_STALE);
     }
 }

@@ -118,6 +118,10 @@ pub struct WorkerConfig {
     /// they finished, in small batches.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Longest wait for one database call of the worker loop: a hung query fails the round
+    /// (retried with backoff) instead of stalling the loop until the watchdog kills it.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -130,6 +134,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
             retention: Duration::from_secs(7 * 24 * 3600),
+            store_timeout: Duration::from_secs(30),
         }
     }
 }

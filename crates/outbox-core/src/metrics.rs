@@ -36,6 +36,10 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// When the worker loop last went round (epoch ms): `/healthz` fails when it stalls.
     last_tick: AtomicI64,
+    /// Since when the worker loop's store rounds fail (epoch ms; 0 while they succeed), and
+    /// the first error: `/healthz` fails when they keep failing.
+    failing_since: AtomicI64,
+    failure: Mutex<String>,
 }
 
 impl Metrics {
@@ -62,6 +66,29 @@ impl Metrics {
         self.last_tick.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// A store round of the worker loop failed (the first failure of a run is kept).
+    pub fn round_failed(&self, reason: &str) {
+        let mut failure = self.failure.lock().expect("metrics lock");
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            *failure = reason.to_string();
+            self.failing_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A store round of the worker loop succeeded.
+    pub fn round_ok(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the worker loop's store rounds have been failing, and the first error.
+    pub fn failing_for_ms(&self) -> Option<(i64, String)> {
+        let failure = self.failure.lock().expect("metrics lock");
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some((now_ms() - t, failure.clone())),
+        }
+    }
+
     /// Milliseconds since the worker loop last went round (`None` before it started).
     pub fn since_tick_ms(&self) -> Option<i64> {
         match self.last_tick.load(Ordering::Relaxed) {
@@ -73,11 +100,6 @@ impl Metrics {
     pub fn render(&self, stats: &[SinkStats]) -> String {
         let g = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
         out.push_str("# HELP outboxd_deliveries_total Delivery steps by sink and outcome, by this process.\n");
         out.push_str("# TYPE outboxd_deliveries_total counter\n");
         for ((sink, outcome), n) in &g.outcomes {
@@ -121,57 +143,67 @@ impl Metrics {
                 h.count
             );
         }
-        let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&SinkStats) -> f64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for st in stats {
-                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(&st.sink), f(st));
-            }
-        };
-        gauge(
-            &mut out,
-            "outboxd_queue_pending",
-            "Rows waiting (first attempt, retry or next flow step).",
-            &|s| s.pending as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_queue_in_flight",
-            "Rows claimed under a lease.",
-            &|s| s.in_flight as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_queue_due",
-            "Pending rows due now.",
-            &|s| s.due_now as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_oldest_pending_age_seconds",
-            "Age of the oldest unfinished row.",
-            &|s| s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0,
-        );
-        gauge(
-            &mut out,
-            "outboxd_dead_letter_rows",
-            "Rows in the dead-letter table.",
-            &|s| s.dead as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_hint_rows",
-            "Delivered rows whose success reply carried a hint.",
-            &|s| s.hints as f64,
-        );
-        gauge(
-            &mut out,
-            "outboxd_sink_paused",
-            "1 when an operator paused the sink.",
-            &|s| u8::from(s.paused) as f64,
-        );
+        drop(g);
+        render_gauges(&mut out, stats);
         out
     }
+}
+
+/// The queue gauges, one series per sink, from the store's statistics.
+fn render_gauges(out: &mut String, stats: &[SinkStats]) {
+    let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&SinkStats) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for st in stats {
+            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(&st.sink), f(st));
+        }
+    };
+    gauge(
+        out,
+        "outboxd_queue_pending",
+        "Rows waiting (first attempt, retry or next flow step).",
+        &|s| s.pending as f64,
+    );
+    gauge(
+        out,
+        "outboxd_queue_in_flight",
+        "Rows claimed under a lease.",
+        &|s| s.in_flight as f64,
+    );
+    gauge(out, "outboxd_queue_due", "Pending rows due now.", &|s| {
+        s.due_now as f64
+    });
+    gauge(
+        out,
+        "outboxd_oldest_pending_age_seconds",
+        "Age of the oldest unfinished row.",
+        &|s| s.oldest_pending_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    gauge(
+        out,
+        "outboxd_dead_letter_rows",
+        "Rows in the dead-letter table.",
+        &|s| s.dead as f64,
+    );
+    gauge(
+        out,
+        "outboxd_hint_rows",
+        "Delivered rows whose success reply carried a hint.",
+        &|s| s.hints as f64,
+    );
+    gauge(
+        out,
+        "outboxd_sink_paused",
+        "1 when an operator paused the sink.",
+        &|s| u8::from(s.paused) as f64,
+    );
+}
+
+/// Escapes a label value (Prometheus text format).
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -208,5 +240,20 @@ mod tests {
         );
         assert!(text.contains("outboxd_queue_pending{sink=\"pyun\"} 7"));
         assert!(text.contains("outboxd_dead_letter_rows{sink=\"pyun\"} 2"));
+    }
+
+    #[test]
+    fn failing_rounds_keep_their_first_reason_until_a_round_succeeds() {
+        let m = Metrics::default();
+        assert_eq!(m.failing_for_ms(), None);
+        m.round_failed("claiming: locked");
+        m.round_failed("claiming: still locked");
+        let (ms, why) = m.failing_for_ms().unwrap();
+        assert!(ms >= 0);
+        assert_eq!(why, "claiming: locked");
+        m.round_ok();
+        assert_eq!(m.failing_for_ms(), None);
+        m.round_failed("again");
+        assert_eq!(m.failing_for_ms().unwrap().1, "again");
     }
 }

@@ -54,11 +54,16 @@ pub async fn run(
             .listen
             .parse()
             .map_err(|e| format!("admin.listen: {e}"))?;
-        let admin = Admin {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            stall_after: config.admin.stall_after,
-        };
+        // A connection of its own: a scrape never waits for, nor holds up, the worker's.
+        let admin_store = Store::open(&config.database_url, &opts)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open the outbox database {} for the admin listener: {e}",
+                    redact_url(&config.database_url)
+                )
+            })?;
+        let admin = Admin::new(admin_store, metrics.clone(), config.admin.stall_after);
         match admin::serve(addr, admin).await {
             Ok(bound) => tracing::info!(%bound, "admin listener: /metrics and /healthz"),
             // Monitoring is not worth stopping deliveries for.

@@ -155,7 +155,20 @@ struct History {
 
 impl PgStore {
     pub async fn open(url: &str, opts: &OpenOptions) -> Result<PgStore> {
-        let options = PgConnectOptions::from_str(url)?.application_name("outboxd");
+        let mut options = PgConnectOptions::from_str(url)?.application_name("outboxd");
+        if !opts.create {
+            // A hung query or a lock held for ever fails the call instead of stalling the
+            // worker; the server drops the connection of a client that vanished. Not for the
+            // migrator (`create`): an index build on a large table may take minutes.
+            options = options.options([
+                ("statement_timeout", "30s"),
+                ("lock_timeout", "10s"),
+                ("idle_in_transaction_session_timeout", "60s"),
+                ("tcp_keepalives_idle", "30"),
+                ("tcp_keepalives_interval", "10"),
+                ("tcp_keepalives_count", "3"),
+            ]);
+        }
         if opts.create && matches!(Postgres::database_exists(url).await, Ok(false)) {
             // Best effort, for `outbox-migrate` on a fresh server; without the CREATEDB
             // privilege the connect below reports the missing database.

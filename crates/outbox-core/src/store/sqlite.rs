@@ -631,7 +631,7 @@ impl SqliteStore {
         rows.iter()
             .map(|r| {
                 Ok(SinkStats {
-                    sink: r.try_get("sink")?,
+                    sink: lossy(r, "sink")?.unwrap_or_default(),
                     pending: r.try_get("pending")?,
                     in_flight: r.try_get("in_flight")?,
                     due_now: r.try_get("due_now")?,

@@ -9,15 +9,15 @@ use super::Counters;
 use crate::clock::{self, now_ms};
 use crate::store::{Store, StoreError};
 
-/// One housekeeping pass; logs and counts what it changed. Returns the paused sinks.
-/// `owner` holds `held`: those rows are not reclaimed.
+/// One housekeeping pass (the pauses are read by the loop itself); logs and counts what it
+/// changed. `owner` holds `held`: those rows are not reclaimed.
 pub(crate) async fn housekeep(
     store: &Store,
     known: &[String],
     (owner, held): (&str, &[i64]),
     now: i64,
     counters: &Counters,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<(), StoreError> {
     // The rows this live worker holds are never reclaimed from it: it renews their leases,
     // and a stall that outlasted a lease must not cost the verdicts it holds.
     let reclaimed = store.reclaim_expired_except(now, owner, held).await?;
@@ -35,7 +35,7 @@ pub(crate) async fn housekeep(
         );
         counters.dead.fetch_add(unknown, Ordering::Relaxed);
     }
-    store.paused_sinks().await
+    Ok(())
 }
 
 /// Deletes finished rows past their retention, a small batch at a time, so pruning never

@@ -43,6 +43,15 @@ use slots::{ClaimPlan, SinkSlot};
 /// and a runaway producer must not make the daemon hold megabytes per row.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// Why a store call of the loop failed: the database said no, or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the database did not answer within worker.store_timeout ({0:?})")]
+    TimedOut(Duration),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("sink setup failed: {0}")]
@@ -243,6 +252,8 @@ struct Worker<'c> {
     grace_deadline: Option<Instant>,
     /// When the leases of the rows in flight were last renewed (the start of that round).
     renewed_at: Instant,
+    /// A round that claimed failed: rows may be leased to this worker that it never got.
+    unsent_unknown: bool,
 }
 
 impl<'c> Worker<'c> {
@@ -270,6 +281,7 @@ impl<'c> Worker<'c> {
             known,
             paused: None,
             renewed_at: now,
+            unsent_unknown: false,
             counters: Counters::default(),
             metrics: opts.metrics,
             heartbeat: opts.heartbeat,
@@ -328,25 +340,36 @@ impl<'c> Worker<'c> {
         if round.stopping || !round.db_ready || Instant::now() < self.next_housekeeping {
             return;
         }
-        let held = self.held_ids();
-        let r = housekeeping::housekeep(
-            &self.store,
-            &self.known,
-            (&self.owner, &held),
-            now_ms(),
-            &self.counters,
-        )
-        .await;
+        // The pauses first, on their own: claims wait for them, and must not wait for the
+        // rest of housekeeping to succeed too.
+        let r = match self.call(self.store.paused_sinks()).await {
+            Ok(paused) => {
+                self.paused = Some(paused);
+                let held = self.held_ids();
+                let pass = housekeeping::housekeep(
+                    &self.store,
+                    &self.known,
+                    (&self.owner, &held),
+                    now_ms(),
+                    &self.counters,
+                );
+                self.call(pass).await
+            }
+            Err(e) => Err(e),
+        };
         match r {
             // Not proof the database is healthy again: these statements rarely write, and a
             // full disk still answers reads. Only a cycle that records verdicts or claims
             // rows clears a failure, so the log does not flap.
-            Ok(paused) => {
-                self.paused = Some(paused);
+            Ok(()) => {
+                if self.pending.is_empty() {
+                    // Nothing waits to be written: the database serves this worker again.
+                    self.metrics.round_ok();
+                }
                 self.next_housekeeping = Instant::now() + self.wc.poll_interval;
             }
             Err(e) => {
-                self.health.failed("housekeeping", &e);
+                self.store_failed("housekeeping", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
             }
         }
@@ -384,22 +407,25 @@ impl<'c> Worker<'c> {
         if !round.db_ready || (self.pending.is_empty() && plan.is_empty() && !renew_due) {
             return None;
         }
+        if self.unsent_unknown && !self.release_unsent().await {
+            round.db_ready = false;
+            return None;
+        }
         // Every round renews the leases of the rows still being delivered.
         let renew: Vec<i64> = self.in_flight.values().map(|f| f.row_id).collect();
         let (started, now) = (Instant::now(), now_ms());
-        let result = self
-            .store
-            .cycle_renewing(
-                &self.owner,
-                &self.pending,
-                &plan.claims,
-                &renew,
-                now,
-                now + self.lease_ms,
-            )
-            .await;
+        let cycle = self.store.cycle_renewing(
+            &self.owner,
+            &self.pending,
+            &plan.claims,
+            &renew,
+            now,
+            now + self.lease_ms,
+        );
+        let result = self.call(cycle).await;
         match result {
             Ok((lost, claimed)) => {
+                self.metrics.round_ok();
                 // Only a round that wrote proves the database writable again (a full disk
                 // still answers a claim that finds nothing).
                 if !self.pending.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
@@ -420,11 +446,57 @@ impl<'c> Worker<'c> {
                 Some(claimed)
             }
             Err(e) => {
-                self.health.failed("recording verdicts and claiming", &e);
+                self.store_failed("recording verdicts and claiming", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
+                // The claims may have committed unseen (a lost COMMIT acknowledgement):
+                // give back what this worker holds but never sent, before claiming again.
+                self.unsent_unknown |= !plan.is_empty();
                 // No housekeeping on a failing database this round.
                 round.db_ready = false;
                 None
+            }
+        }
+    }
+
+    /// A store call of the loop failed: logged once per outage (see [`DbHealth`]), and
+    /// reported to `/healthz`, which fails once the failures last `admin.stall_after`.
+    fn store_failed(&mut self, what: &str, e: &CallError) {
+        self.health.failed(what, e);
+        self.metrics.round_failed(&format!("{what}: {e}"));
+    }
+
+    /// Runs one store call of the loop, bounded by `worker.store_timeout`: a hung query must
+    /// not stall the loop until the watchdog kills the process.
+    async fn call<T, E: Into<CallError>>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.wc.store_timeout, fut).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(CallError::TimedOut(self.wc.store_timeout)),
+        }
+    }
+
+    /// After a failed round that claimed: releases the rows leased to this worker that it
+    /// does not hold, not in doubt (they were never sent). Returns whether it succeeded.
+    async fn release_unsent(&mut self) -> bool {
+        let held = self.held_ids();
+        let release = self.store.release_unsent(&self.owner, &held, now_ms());
+        match self.call(release).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::warn!(
+                        rows = n,
+                        "released rows a failed round had claimed but never sent"
+                    );
+                }
+                self.unsent_unknown = false;
+                true
+            }
+            Err(e) => {
+                self.store_failed("releasing unsent rows", &e);
+                self.next_db_try = Instant::now() + self.health.backoff();
+                false
             }
         }
     }
@@ -511,7 +583,7 @@ impl<'c> Worker<'c> {
             .filter(|s| s.held.is_some())
             .map(|s| s.name.as_str())
             .collect();
-        match self.store.stats(now_ms()).await {
+        match self.call(self.store.stats(now_ms())).await {
             Ok(stats) => {
                 let open: i64 = stats
                     .iter()
@@ -527,7 +599,7 @@ impl<'c> Worker<'c> {
                     return true;
                 }
             }
-            Err(e) => self.health.failed("status", &e),
+            Err(e) => self.store_failed("status", &e),
         }
         false
     }
@@ -636,3 +708,6 @@ impl<'c> Worker<'c> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
