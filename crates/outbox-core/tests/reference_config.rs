@@ -35,9 +35,11 @@ fn documented_defaults(section: &str) -> String {
 fn worker_defaults_are_the_documented_ones() {
     let text = documented_defaults("worker");
     let documented: WorkerConfig = toml::from_str(&text).unwrap();
-    let mut code = WorkerConfig::default();
     // `worker_id` is documented with an example value; its default is unset.
-    code.worker_id = documented.worker_id.clone();
+    let code = WorkerConfig {
+        worker_id: documented.worker_id.clone(),
+        ..WorkerConfig::default()
+    };
     assert_eq!(documented, code, "deploy/outboxd.toml [worker]:\n{text}");
 }
 
