@@ -131,9 +131,16 @@ else
     fail "deploy/outboxd.toml with its $uncommented commented defaults uncommented fails check-config"
     printf '%s\n' "$out" | sed 's/^/    /'
 fi
-# Every field of the config structs is documented (`kind` is spelled `type` in TOML).
+# Every field of the config structs (those that derive Deserialize: retry.rs also has plain
+# structs) is documented (`kind` is spelled `type` in TOML).
+config_fields() {
+    awk '/#\[derive\(.*Deserialize/ { de = 1 }
+         /^pub struct/ { inside = de; de = 0; next }
+         /^}/ { inside = 0 }
+         inside && /^ *pub [a-z_]+: / { f = $0; sub(/^ *pub /, "", f); sub(/:.*/, "", f); print f }' "$@"
+}
 missing=""
-for field in $(sed -n 's/^ *pub \([a-z_]*\): .*/\1/p' crates/outbox-core/src/config.rs crates/outbox-core/src/retry.rs | sort -u); do
+for field in $(config_fields crates/outbox-core/src/config.rs crates/outbox-core/src/retry.rs | sort -u); do
     [ "$field" = kind ] && field=type
     grep -Eq "(^|[^a-z_])$field([^a-z_]|$)" deploy/outboxd.toml || missing="$missing $field"
 done
