@@ -102,6 +102,28 @@ async fn under_journald_every_line_carries_its_syslog_priority() {
 }
 
 #[tokio::test]
+async fn under_journald_json_lines_carry_the_priority_before_the_object() {
+    let env = env_with_a_warning().await;
+    let log = env.path().join("journal-json.log");
+    // No --log-format: stderr is not a terminal, so JSON, as under systemd.
+    let text = run_logged(&env, &[], &log, Some(|dev, ino| format!("{dev}:{ino}"))).await;
+    let mut warned = false;
+    for l in text.lines() {
+        let (prefix, json) = l.split_at(l.find('{').unwrap_or_else(|| panic!("{l}")));
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {l}"));
+        let expected = match v["level"].as_str().unwrap() {
+            "ERROR" => "<3>",
+            "WARN" => "<4>",
+            "INFO" => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(prefix, expected, "{l}");
+        warned |= v["message"] == "dead-lettered";
+    }
+    assert!(warned, "{text}");
+}
+
+#[tokio::test]
 async fn no_priority_prefix_when_stderr_is_not_the_journal_stream() {
     let env = env_with_a_warning().await;
     // Inherited from a parent whose stderr was the journal, but ours is a file.
