@@ -40,6 +40,14 @@ cat > "$DEMO/sim-script.json" <<'JSON'
     "865933034812502": {"result_after_polls": 1},
     "865933034812503": {"result": 3},
     "865933034812504": {"never_result": true, "order": 2}
+  },
+  "tcec": {
+    "pushes": {
+      "TC-RETRY":    [{"ret": 500}],
+      "TC-FORGED":   [{"bad_sig": true}],
+      "TC-DISPUTED": [{"confirm_result": 1}],
+      "TC-REJECT":   [{"ret": 4004, "msg": "充电设备接口编码不存在"}]
+    }
   }
 }
 JSON
@@ -59,6 +67,11 @@ echo "    simulator at $SIM_URL"
 printf '%s' "6409292d66625a2a0912acfc61ed956c" > "$DEMO/pyun.secret"
 printf '%s' "DK00000000000000000000000000000000000000000000000000000000000001" > "$DEMO/epeis.key"
 printf '%s' "demo-token" > "$DEMO/lbbtech.token"
+# T/CEC: the OperatorSecret and the three envelope keys (the simulator's demo values).
+printf '%s' "demo-operator-secret" > "$DEMO/tcec-operator.secret"
+printf '%s' "1234567890abcdef" > "$DEMO/tcec-data.secret"
+printf '%s' "abcdef1234567890" > "$DEMO/tcec-iv.secret"
+printf '%s' "demo-sig-secret" > "$DEMO/tcec-sig.secret"
 chmod 600 "$DEMO"/*.secret "$DEMO"/*.key "$DEMO"/*.token
 cat > "$DEMO/outboxd.toml" <<TOML
 database_url = "sqlite://$PWD/$DEMO/outbox.db"
@@ -96,12 +109,22 @@ secret_file = "$PWD/$DEMO/lbbtech.token"
 poll_interval = "200ms"
 poll_window = "2s"
 verify_after = "2s"
+
+# A T/CEC 102 supervision platform: charge orders and connector statuses.
+[sinks.supervision]
+type = "tcec"
+url = "$SIM_URL/evcs/v20160701"
+operator_id = "123456789"
+secret_file = "$PWD/$DEMO/tcec-operator.secret"
+data_secret_file = "$PWD/$DEMO/tcec-data.secret"
+data_secret_iv_file = "$PWD/$DEMO/tcec-iv.secret"
+sig_secret_file = "$PWD/$DEMO/tcec-sig.secret"
 TOML
 export OUTBOXD_CONFIG="$DEMO/outboxd.toml"
 
 echo "==> checking the config and creating the SQLite outbox"
 "$BIN/outboxd" check-config
-"$BIN/outbox-migrate" --database-url "sqlite://$PWD/$DEMO/outbox.db"
+"$BIN/outbox-migrate" --create --database-url "sqlite://$PWD/$DEMO/outbox.db"
 
 echo "==> enqueuing events (what station software does in its own transaction)"
 charge_end() { # order start end [energy_code]
@@ -142,6 +165,28 @@ charge_start 865933034812501 car | enqueue lbb charge_start CS-1
 charge_start 865933034812502 two_wheeler | enqueue lbb charge_start CS-2
 charge_start 865933034812503 two_wheeler | enqueue lbb charge_start CS-3
 charge_start 865933034812504 car | enqueue lbb charge_start CS-4
+# Charge orders and connector statuses for the supervision platform (T/CEC 102): the payload
+# is the platform's own Data object, the key its StartChargeSeq. One is retried (Ret 500), one
+# gets a reply with a forged signature (not taken as delivered: retried), one is disputed
+# (ConfirmResult 1: final, surfaced as a hint), one is rejected (Ret 4004).
+charge_order() { # StartChargeSeq
+  cat <<JSON
+{"StartChargeSeq": "$1", "ConnectorID": "3702120244102_1",
+ "StartTime": "2026-11-24 08:20:00", "EndTime": "2026-11-24 09:20:00",
+ "TotalPower": 20.7, "TotalElecMoney": 9.75, "TotalSeviceMoney": 2.07, "TotalMoney": 11.82,
+ "StopReason": 0, "SumPeriod": 1,
+ "ChargeDetails": [{"DetailStartTime": "2026-11-24 08:20:00", "DetailEndTime": "2026-11-24 09:20:00",
+                    "ElecPrice": 0.4710, "SevicePrice": 0.1000, "DetailPower": 20.7,
+                    "DetailElecMoney": 9.75, "DetailSeviceMoney": 2.07}]}
+JSON
+}
+for key in TC-OK-1 TC-OK-2 TC-OK-3 TC-RETRY TC-FORGED TC-DISPUTED TC-REJECT; do
+  charge_order "$key" | enqueue supervision charge_order "$key"
+done
+for n in 1 2 3; do
+  echo "{\"ConnectorStatusInfo\": {\"ConnectorID\": \"3702120244102_$n\", \"Status\": 3}}" \
+    | enqueue supervision connector_status "ST-$n"
+done
 "$BIN/outboxd" status
 
 echo "==> running outboxd until every row is final"
@@ -156,6 +201,9 @@ echo "==> dead-lettered rows (an operator fixes the cause, then: outboxd dead re
 echo
 echo "==> the success that carried a hint (delivered, never retried, kept for operators)"
 "$BIN/outboxd" show --sink pyun --key CE-HINT
+echo
+echo "==> the disputed charge order (T/CEC ConfirmResult 1: final, surfaced like a hint)"
+"$BIN/outboxd" show --sink supervision --key TC-DISPUTED
 echo
 echo "==> charge starts as the station software reads them (one query on the outbox_outcomes view)"
 python3 - "$DEMO/outbox.db" <<'PY'

@@ -126,3 +126,44 @@ async fn a_database_password_never_reaches_the_error_text() {
         "{text}"
     );
 }
+
+/// Issue 12 item 11: `outbox-migrate` never creates a missing SQLite file unless asked to
+/// (an unmounted volume must not get a fresh, empty outbox).
+#[tokio::test]
+async fn outbox_migrate_creates_a_missing_sqlite_file_only_with_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-mounted").join("outbox.db");
+    std::fs::create_dir(path.parent().unwrap()).unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let out = std::process::Command::new(bin("outbox-migrate"))
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("--create"),
+        "{err}"
+    );
+    assert!(!path.exists(), "nothing created");
+    let out = std::process::Command::new(bin("outbox-migrate"))
+        .args(["--create", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(path.exists());
+    // Once it exists, the plain run (the service's) upgrades it as before.
+    let out = std::process::Command::new(bin("outbox-migrate"))
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,6 +21,20 @@ pub use outbox_testkit::{EPEIS_DYNAMIC_KEY, LBBTECH_TOKEN, PYUN_SECRET};
 pub const PYUN_SECRET_ENV: &str = "TEST_PYUN_SECRET";
 pub const EPEIS_KEY_ENV: &str = "TEST_EPEIS_KEY";
 pub const LBBTECH_TOKEN_ENV: &str = "TEST_LBBTECH_TOKEN";
+/// The T/CEC OperatorSecret, DataSecret, DataSecretIV and SigSecret (`tcec_sink`), in that
+/// order, and the simulator's values for them.
+pub const TCEC_SECRET_ENVS: [&str; 4] = [
+    "TEST_TCEC_OPERATOR_SECRET",
+    "TEST_TCEC_DATA_SECRET",
+    "TEST_TCEC_DATA_SECRET_IV",
+    "TEST_TCEC_SIG_SECRET",
+];
+pub const TCEC_SECRETS: [&str; 4] = [
+    platform_sim::tcec::DEMO_OPERATOR_SECRET,
+    platform_sim::tcec::DEMO_DATA_SECRET,
+    platform_sim::tcec::DEMO_DATA_SECRET_IV,
+    platform_sim::tcec::DEMO_SIG_SECRET,
+];
 
 /// A built binary of the workspace. `cargo test` builds the test's own package only, so the
 /// scripts build every binary first (`cargo build --workspace --bins`).
@@ -126,6 +140,14 @@ impl Env {
         outbox_testkit::lbbtech_sink(name, &self.sim.lbbtech_base_url(), secret, &lines)
     }
 
+    /// A `[sinks.NAME]` section of type tcec pointed at the simulator, with its four secrets
+    /// from [`TCEC_SECRET_ENVS`], 1 s timeouts and `extra` lines appended.
+    pub fn tcec_sink(&self, name: &str, extra: &[&str]) -> String {
+        let [op, data, iv, sig] = TCEC_SECRET_ENVS.map(SecretRef::Env);
+        let lines = [&TIMEOUTS[..], extra].concat();
+        outbox_testkit::tcec_sink(name, &self.sim.tcec_url(), op, [data, iv, sig], &lines)
+    }
+
     pub fn write_config_raw(&self, text: &str) {
         std::fs::write(&self.config_path, text).expect("writing the config");
     }
@@ -137,6 +159,9 @@ impl Env {
         c.env(PYUN_SECRET_ENV, PYUN_SECRET);
         c.env(EPEIS_KEY_ENV, EPEIS_DYNAMIC_KEY);
         c.env(LBBTECH_TOKEN_ENV, LBBTECH_TOKEN);
+        for (var, value) in TCEC_SECRET_ENVS.iter().zip(TCEC_SECRETS) {
+            c.env(var, value);
+        }
         c.env_remove("RUST_LOG");
         c
     }

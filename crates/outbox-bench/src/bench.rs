@@ -15,7 +15,7 @@ use outbox_core::secret::Secret;
 use outbox_core::sinks::pyun::{self, PyunCodes};
 use outbox_core::sinks::send::Sender;
 use outbox_core::sinks::SinkSettings;
-use outbox_core::store::{OpenOptions, Store};
+use outbox_core::store::{Engine, OpenOptions, Store};
 
 use crate::env::{
     fail, now_ms, pyun_payload, pyun_sink, quantile, self_cpu_secs, status_kb, thousands, Bulk,
@@ -591,8 +591,8 @@ async fn claim_cost(db: &Db) -> Result<Claim> {
         db.exec(reset).await?;
     }
     let mut statement = Vec::new();
-    let plan = match (&store, &db.pool) {
-        (Store::Sqlite(_), Pool::Sqlite(pool)) => {
+    let plan = match (store.engine(), &db.pool) {
+        (Engine::Sqlite(_), Pool::Sqlite(pool)) => {
             let mut conn = pool.acquire().await?;
             for _ in 0..CLAIMS {
                 let now = now_ms();
@@ -623,7 +623,7 @@ async fn claim_cost(db: &Db) -> Result<Claim> {
                     .await?;
             plan.into_iter().map(|p| p.3).collect::<Vec<_>>().join("; ")
         }
-        (Store::Postgres(pg), _) => pg
+        (Engine::Postgres(pg), _) => pg
             .explain_claim("pyun", now_ms(), CLAIM_LIMIT)
             .await?
             .lines()

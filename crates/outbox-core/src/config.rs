@@ -342,6 +342,24 @@ mod tests {
         }
     }
 
+    /// The commented T/CEC example, uncommented, is a valid section.
+    #[test]
+    fn the_reference_tcec_example_parses_once_uncommented() {
+        let text = include_str!("../../../deploy/outboxd.toml");
+        let example = &text[text.find("#[sinks.supervision]").unwrap()..];
+        let section: String = example
+            .lines()
+            .filter(|l| !l.starts_with("# ") && l.starts_with('#'))
+            .map(|l| format!("{}\n", &l[1..]))
+            .collect();
+        let c: Config =
+            toml::from_str(&format!("database_url = \"sqlite:///x.db\"\n{section}")).unwrap();
+        assert_eq!(c.sinks["supervision"].platform.type_name(), "tcec");
+        for problem in c.validate() {
+            assert!(problem.contains("cannot read"), "{problem}");
+        }
+    }
+
     #[test]
     fn sink_keys_are_split_per_platform_and_unknown_ones_named() {
         std::env::set_var("OUTBOXD_TEST_SECRET_C", "s3cret");
@@ -362,7 +380,10 @@ mod tests {
         let a = &c.sinks["a"];
         assert_eq!(a.settings.timeout, Duration::from_secs(3));
         assert_eq!(a.platform.type_name(), "pyun");
-        assert_eq!(a.platform.event_type(), crate::event::EventType::ChargeEnd);
+        assert_eq!(
+            a.platform.event_types(),
+            [crate::event::EventType::ChargeEnd]
+        );
     }
 
     /// Issue 12 item 5: plain http only to loopback, unless the sink allows it; a proxy only

@@ -15,13 +15,19 @@ pub enum EventType {
     Dosage,
     /// A charge start command, for lbbtech "newPriceStandardCharge".
     ChargeStart,
+    /// A finished charge with its money, for T/CEC "notification_charge_order_info".
+    ChargeOrder,
+    /// A connector's status, for T/CEC "notification_stationStatus".
+    ConnectorStatus,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [
+    pub const ALL: [EventType; 5] = [
         EventType::ChargeEnd,
         EventType::Dosage,
         EventType::ChargeStart,
+        EventType::ChargeOrder,
+        EventType::ConnectorStatus,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +35,8 @@ impl EventType {
             EventType::ChargeEnd => "charge_end",
             EventType::Dosage => "dosage",
             EventType::ChargeStart => "charge_start",
+            EventType::ChargeOrder => "charge_order",
+            EventType::ConnectorStatus => "connector_status",
         }
     }
 }
@@ -46,7 +54,11 @@ impl FromStr for EventType {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown event type {s:?} (expected charge_end, dosage or charge_start)")
+                let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "unknown event type {s:?} (expected one of {})",
+                    known.join(", ")
+                )
             })
     }
 }
@@ -63,6 +75,10 @@ pub struct NewEvent {
     /// Epoch ms before which the row is not delivered.
     pub not_before: Option<i64>,
 }
+
+/// The largest payload outboxd loads (1 MiB): no platform accepts more. The claim measures
+/// payloads in SQL and does not load a larger one; its row is dead-lettered unread.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A row the worker has claimed (leased) for one delivery step.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,4 +100,7 @@ pub struct ClaimedRow {
     /// Set when a previous lease expired while the row was in flight: the previous attempt
     /// may or may not have reached the platform.
     pub in_doubt: bool,
+    /// Why the row cannot be delivered as read (a column that is not text), found by the
+    /// claim; the worker dead-letters such a row with this reason instead of sending it.
+    pub defect: Option<String>,
 }

@@ -197,6 +197,12 @@ fn render_gauges(out: &mut String, stats: &[SinkStats]) {
         "1 when an operator paused the sink.",
         &|s| u8::from(s.paused) as f64,
     );
+    gauge(
+        out,
+        "outboxd_ignored_reinserts",
+        "Producer inserts of an already known idempotency key, ignored (never sent twice).",
+        &|s| s.ignored_reinserts as f64,
+    );
 }
 
 /// Escapes a label value (Prometheus text format).

@@ -11,10 +11,11 @@
 use std::time::Duration;
 
 use outbox_core::outcome::Verdict;
+use outbox_core::secret::Secret;
 use outbox_core::sinks::lbbtech::{self, Charger, FlowState, PollState, Reply, VerifyState};
 use outbox_core::sinks::pyun::PyunCodes;
 use outbox_core::sinks::send::{parse_retry_after, SendError};
-use outbox_core::sinks::{epeis, pyun};
+use outbox_core::sinks::{epeis, pyun, tcec};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -701,5 +702,120 @@ fn deeply_nested_json_is_refused_not_a_crash() {
             );
             assert!(matches!(v, Verdict::Ambiguous { .. }), "{v:?}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// T/CEC
+
+fn tcec_keys() -> tcec::envelope::Keys {
+    tcec::envelope::Keys {
+        data_secret: Secret::new("1234567890abcdef"),
+        data_secret_iv: Secret::new("abcdef1234567890"),
+        sig_secret: Secret::new("fuzz-sig-secret"),
+    }
+}
+
+fn tcec_order_valid() -> impl Strategy<Value = Value> {
+    ("[A-Z0-9]{1,32}", 0u32..100_000, 0u32..100_000, 0u32..10_000).prop_map(
+        |(seq, elec, service, power)| {
+            let yuan = |fen: u32| json!(fen as f64 / 100.0);
+            json!({
+                "StartChargeSeq": seq, "ConnectorID": "C1",
+                "StartTime": "2026-11-24 08:20:00", "EndTime": "2026-11-24 09:20:00",
+                "TotalPower": yuan(power), "TotalElecMoney": yuan(elec),
+                "TotalSeviceMoney": yuan(service), "TotalMoney": yuan(elec + service),
+                "StopReason": 0, "SumPeriod": 0, "ChargeDetails": []
+            })
+        },
+    )
+}
+
+fn tcec_status_valid() -> impl Strategy<Value = Value> {
+    ("[A-Z0-9_]{1,20}", prop_oneof![0i64..5, Just(255)]).prop_map(|(connector, status)| {
+        json!({"ConnectorStatusInfo": {"ConnectorID": connector, "Status": status}})
+    })
+}
+
+/// A reply body: signed with the right or a wrong key, any `Ret`, `Msg` and `Data`, or text.
+fn tcec_body() -> impl Strategy<Value = (String, bool)> {
+    let data = prop_oneof![
+        Just(json!({"StartChargeSeq": "O1", "ConnectorID": "C1", "ConfirmResult": 0})),
+        Just(json!({"StartChargeSeq": "O1", "ConnectorID": "C1", "ConfirmResult": 1})),
+        Just(json!({"Status": 0})),
+        Just(json!({"Status": 1})),
+        any_json(),
+    ];
+    let ret = prop_oneof![Just(0i64), Just(-1), Just(500), 4001i64..4005, any::<i64>()];
+    let sealed = (ret, text(), payload(data), any::<bool>()).prop_map(|(ret, msg, data, good)| {
+        let keys = if good {
+            tcec_keys()
+        } else {
+            tcec::envelope::Keys {
+                sig_secret: Secret::new("another-sig-key"),
+                ..tcec_keys()
+            }
+        };
+        let reply = tcec::envelope::seal_reply(&keys, ret, &msg, &data).unwrap();
+        (serde_json::to_string(&reply).unwrap(), good)
+    });
+    prop_oneof![
+        3 => sealed,
+        1 => text().prop_map(|t| (t, false)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn tcec_validate_classifies_every_payload(
+        order in payload(tcec_order_valid()),
+        status in payload(tcec_status_valid()),
+        service in any::<bool>(),
+    ) {
+        let spelling = if service {
+            tcec::payload::MoneySpelling::Service
+        } else {
+            tcec::payload::MoneySpelling::Sevice
+        };
+        if let Err(e) = tcec::payload::charge_order(&order, spelling) {
+            prop_assert!(!e.trim().is_empty());
+        }
+        if let Err(e) = tcec::payload::connector_status(&status) {
+            prop_assert!(!e.trim().is_empty());
+        }
+    }
+
+    #[test]
+    fn tcec_valid_payloads_pass(order in tcec_order_valid(), status in tcec_status_valid()) {
+        let spelling = tcec::payload::MoneySpelling::Sevice;
+        let v = tcec::payload::charge_order(&order.to_string(), spelling);
+        prop_assert!(v.is_ok(), "{:?} {}", v, order);
+        prop_assert!(tcec::payload::connector_status(&status.to_string()).is_ok());
+    }
+
+    #[test]
+    fn tcec_classify_classifies_every_reply(
+        (body, signed) in tcec_body(),
+        status in status(),
+        order in any::<bool>(),
+    ) {
+        let interface = if order {
+            tcec::Interface::ChargeOrder
+        } else {
+            tcec::Interface::StationStatus
+        };
+        let c = tcec::reply::classify_http(interface, status, &body, &tcec_keys(), Some("O1"));
+        prop_assert!(explained(&c.verdict), "{:?}", c.verdict);
+        let success = matches!(c.verdict, Verdict::Delivered { .. } | Verdict::Completed { .. });
+        // Success needs a 2xx and a reply signed with the sink's key.
+        prop_assert!(!success || ((200..300).contains(&status) && signed), "{:?}", c);
+        // Neither a secret nor a key ever reaches a verdict.
+        let text = format!("{:?}", c.verdict);
+        prop_assert!(!text.contains("1234567890abcdef") && !text.contains("fuzz-sig-secret"));
+        // The platform deduplicates: nothing is parked as ambiguous.
+        let ambiguous = matches!(c.verdict, Verdict::Ambiguous { .. });
+        prop_assert!(!ambiguous, "{:?}", c.verdict);
     }
 }

@@ -25,7 +25,7 @@ use outbox_core::store::postgres::{self as pg_store, PgStore};
 use outbox_core::store::sqlite as sqlite_store;
 use outbox_core::store::wake::Wake;
 use outbox_core::store::{
-    Action, Completion, OpenOptions, SchemaState, SinkStats, Store, StoreError,
+    Action, Completion, DeadKind, Engine, OpenOptions, SchemaState, SinkStats, Store, StoreError,
 };
 use sqlx::Connection;
 use tokio::time::Instant;
@@ -117,10 +117,7 @@ impl Db {
     }
 
     fn pg(&self) -> &PgStore {
-        match &self.store {
-            Store::Postgres(pg) => pg,
-            Store::Sqlite(_) => panic!("not a Postgres store"),
-        }
+        self.store.postgres().expect("a Postgres store")
     }
 
     fn sqlite_path(&self) -> PathBuf {
@@ -219,6 +216,11 @@ store_tests!(
     cycle_records_verdicts_then_claims,
     a_live_workers_rows_are_renewed_and_never_reclaimed_from_it,
     release_unsent_gives_back_rows_claimed_but_not_sent,
+    dead_kind_is_backfilled_and_written(unmigrated),
+    known_keys_are_never_accepted_twice,
+    an_oversized_payload_is_not_loaded,
+    unconfigured_sinks_are_held_until_max_age,
+    a_requeued_row_gets_a_fresh_age_clock,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -294,6 +296,7 @@ fn delivered() -> Action {
 
 fn dead(reason: &str) -> Action {
     Action::Dead {
+        kind: DeadKind::Permanent,
         reason: reason.into(),
         last_reply: Some("HTTP 400".into()),
     }
@@ -310,7 +313,10 @@ async fn claim(s: &Store, sink: &str, owner: &str, limit: u32, now: i64) -> Vec<
 }
 
 async fn complete(s: &Store, owner: &str, batch: Vec<Completion>, now: i64) -> u64 {
-    s.complete(owner, &batch, now).await.expect("complete")
+    s.cycle(owner, &batch, &[], now, now + LEASE)
+        .await
+        .expect("complete")
+        .0
 }
 
 async fn status(s: &Store, sink: &str, key: &str) -> String {
@@ -332,8 +338,8 @@ async fn sink_stats(s: &Store, sink: &str, now: i64) -> SinkStats {
 
 /// Enqueues many rows in one producer transaction, through the backend's `enqueue_in`.
 async fn enqueue_all(s: &Store, events: &[NewEvent]) {
-    match s {
-        Store::Sqlite(st) => {
+    match s.engine() {
+        Engine::Sqlite(st) => {
             let mut tx = st
                 .pool()
                 .begin_with("BEGIN IMMEDIATE")
@@ -346,7 +352,7 @@ async fn enqueue_all(s: &Store, events: &[NewEvent]) {
             }
             tx.commit().await.expect("commit");
         }
-        Store::Postgres(st) => {
+        Engine::Postgres(st) => {
             let mut tx = st.pool().begin().await.expect("begin");
             for e in events {
                 pg_store::enqueue_in(&mut *tx, e).await.expect("enqueue_in");
@@ -396,8 +402,8 @@ async fn enqueue_ignores_a_duplicate_key(db: &Db) {
 async fn enqueue_in_a_producer_transaction(db: &Db) {
     let s = &db.store;
     // Rolled back: the event goes with the producer's business rows.
-    match s {
-        Store::Sqlite(st) => {
+    match s.engine() {
+        Engine::Sqlite(st) => {
             let mut tx = st.pool().begin().await.unwrap();
             assert!(
                 sqlite_store::enqueue_in(&mut *tx, &ev("pyun", "rolled-back"))
@@ -406,7 +412,7 @@ async fn enqueue_in_a_producer_transaction(db: &Db) {
             );
             tx.rollback().await.unwrap();
         }
-        Store::Postgres(st) => {
+        Engine::Postgres(st) => {
             let mut tx = st.pool().begin().await.unwrap();
             assert!(pg_store::enqueue_in(&mut *tx, &ev("pyun", "rolled-back"))
                 .await
@@ -620,6 +626,7 @@ async fn complete_applies_each_action(db: &Db) {
         completion(
             by_key["dead"],
             Action::Dead {
+                kind: DeadKind::Permanent,
                 reason: "rejected: bad plate".into(),
                 last_reply: Some(r#"{"code":400}"#.into()),
             },
@@ -830,8 +837,18 @@ async fn unknown_sinks_are_dead_lettered(db: &Db) {
         .unwrap();
     let now = now_ms();
     let known = vec!["pyun".to_string(), "epeis".to_string()];
-    assert_eq!(s.dead_letter_unknown_sinks(&known, now).await.unwrap(), 1);
-    assert_eq!(s.dead_letter_unknown_sinks(&known, now).await.unwrap(), 0);
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, Duration::ZERO, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, Duration::ZERO, now)
+            .await
+            .unwrap(),
+        0
+    );
     let d = s.dead_list(Some("ghost"), None, None, 10).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].idempotency_key, "lost");
@@ -860,7 +877,7 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
     let dead_id = s.dead_ids("pyun").await.unwrap()[0];
 
     let later_now = now + 1_000;
-    s.requeue(dead_id, later_now).await.unwrap();
+    s.requeue(dead_id, later_now, false).await.unwrap();
     assert_eq!(s.dead_get(dead_id).await.unwrap(), None);
     let v = s.row("pyun", "k").await.unwrap().unwrap();
     assert_eq!(v.id, id, "the same id, so its history stays attached");
@@ -890,10 +907,18 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
     .await;
     assert_eq!(s.attempts(id).await.unwrap().len(), 2);
 
-    // The producer sent the event again meanwhile: the requeue must not make two.
+    // The producer sends the event again meanwhile: ignored, the key is known.
     let dead_id = s.dead_ids("pyun").await.unwrap()[0];
+    assert!(!s.enqueue(&ev("pyun", "k")).await.unwrap());
+    // A row of the key in the outbox all the same (inserted before keys were remembered, or
+    // after key_retention): the requeue must not make two.
+    exec(
+        s,
+        "DELETE FROM outbox_keys WHERE sink = 'pyun' AND idempotency_key = 'k'",
+    )
+    .await;
     s.enqueue(&ev("pyun", "k")).await.unwrap();
-    match s.requeue(dead_id, later_now).await {
+    match s.requeue(dead_id, later_now, false).await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("already has a row"), "{msg}"),
         other => panic!("expected a conflict, got {other:?}"),
     }
@@ -902,7 +927,7 @@ async fn requeue_keeps_history_and_refuses_a_duplicate_key(db: &Db) {
         "the dead row stays"
     );
     assert!(matches!(
-        s.requeue(dead_id + 1000, later_now).await,
+        s.requeue(dead_id + 1000, later_now, false).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -990,9 +1015,9 @@ async fn schema_state_empty_then_current(db: &Db) {
         s.require_current_schema(&db.url).await,
         Err(StoreError::Schema(_))
     ));
-    let embedded: Vec<i64> = match s {
-        Store::Sqlite(_) => sqlite_store::MIGRATOR.iter().map(|m| m.version).collect(),
-        Store::Postgres(_) => pg_store::MIGRATOR.iter().map(|m| m.version).collect(),
+    let embedded: Vec<i64> = match s.engine() {
+        Engine::Sqlite(_) => sqlite_store::MIGRATOR.iter().map(|m| m.version).collect(),
+        Engine::Postgres(_) => pg_store::MIGRATOR.iter().map(|m| m.version).collect(),
     };
     assert_eq!(embedded[0], 1);
     assert_eq!(
@@ -1306,7 +1331,7 @@ async fn cycle_records_verdicts_then_claims(db: &Db) {
 async fn wake_on_new_rows(db: &Db) {
     let s = &db.store;
     let mut wake = Wake::new(s.clone(), Duration::from_millis(5));
-    if let Store::Postgres(_) = s {
+    if s.postgres().is_some() {
         // The listener starts on first use and wakes the worker once (rows may have
         // arrived before it listened).
         let t = Instant::now();
@@ -1417,7 +1442,7 @@ print(sqlite3.sqlite_version)
         }
         if !rows.is_empty() {
             let batch: Vec<Completion> = rows.iter().map(|r| completion(r, delivered())).collect();
-            s.complete("w", &batch, now_ms())
+            s.cycle("w", &batch, &[], now_ms(), now_ms() + LEASE)
                 .await
                 .expect("complete while another process writes");
         } else if producer_done.is_none() {
@@ -1491,7 +1516,7 @@ async fn requeued_row_waits_for_the_in_flight_row_of_its_key(db: &Db) {
     complete(s, "w", vec![completion(&a1[0], dead("rejected"))], now).await;
     let a2 = claim(s, "pyun", "w", 10, now).await;
     assert_eq!(keys(&a2), ["a2"]);
-    s.requeue(s.dead_ids("pyun").await.unwrap()[0], now)
+    s.requeue(s.dead_ids("pyun").await.unwrap()[0], now, false)
         .await
         .unwrap();
     assert!(
@@ -1781,7 +1806,7 @@ async fn requeue_resumes_a_flow_from_its_last_state(db: &Db) {
         now,
     )
     .await;
-    s.requeue(s.dead_ids("lbb").await.unwrap()[0], now)
+    s.requeue(s.dead_ids("lbb").await.unwrap()[0], now, false)
         .await
         .unwrap();
     let again = claim(s, "lbb", "w", 10, now).await;
@@ -1893,4 +1918,491 @@ async fn release_unsent_gives_back_rows_claimed_but_not_sent(db: &Db) {
     let again = claim(s, "pyun", "w1", 10, now + 5).await;
     assert_eq!(keys(&again), ["unsent-1", "unsent-2"]);
     assert!(again.iter().all(|r| !r.in_doubt && r.attempts == 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// Round 2: delivery guarantees (store)
+// ---------------------------------------------------------------------------------------
+
+/// Runs a SQLite-only test body on a fresh, migrated database.
+async fn on_sqlite(body: for<'a> fn(&'a Db) -> BoxFuture<'a>) {
+    Db::sqlite(true).await.run(body).await;
+}
+
+/// Runs a statement a producer or an operator would run by hand (no parameters).
+async fn exec(s: &Store, statement: &str) -> u64 {
+    let done = match s.engine() {
+        Engine::Sqlite(st) => sqlx::query(statement)
+            .execute(st.pool())
+            .await
+            .map(|d| d.rows_affected()),
+        Engine::Postgres(st) => sqlx::query(statement)
+            .execute(st.pool())
+            .await
+            .map(|d| d.rows_affected()),
+    };
+    done.unwrap_or_else(|e| panic!("{statement}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_non_text_row_comes_back_with_a_defect() {
+    on_sqlite(|db| Box::pin(non_text_row_comes_back_with_a_defect(db))).await;
+}
+
+async fn non_text_row_comes_back_with_a_defect(db: &Db) {
+    let s = &db.store;
+    enqueue_all(s, &[ev("pyun", "good")]).await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+         VALUES ('pyun', 'charge_end', 'bad', CAST(x'7b22ff7d' AS BLOB))",
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    assert_eq!(keys(&rows), ["good", "bad"]);
+    assert_eq!(rows[0].defect, None);
+    let defect = rows[1].defect.as_deref().expect("a defect");
+    assert!(defect.contains("`payload` is not valid UTF-8"), "{defect}");
+    assert!(
+        !rows[1].payload.starts_with('\0'),
+        "no sentinel in the payload"
+    );
+}
+
+/// Applies this backend's migrations up to `version` only (an older outboxd's schema), with
+/// the same files, so a later `migrate()` continues from there.
+async fn migrate_up_to(s: &Store, version: i64) {
+    let backend = s.backend();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../migrations/{backend}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(&src).expect("migrations dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let v: i64 = name.split('_').next().unwrap().parse().expect("numbered");
+        if v <= version {
+            std::fs::copy(&path, dir.path().join(&name)).expect("copy");
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .expect("migrator");
+    match s.engine() {
+        Engine::Sqlite(st) => migrator.run(st.pool()).await,
+        Engine::Postgres(st) => migrator.run(st.pool()).await,
+    }
+    .expect("migrating to an older schema");
+}
+
+async fn dead_kind_is_backfilled_and_written(db: &Db) {
+    let s = &db.store;
+    migrate_up_to(s, 2).await;
+    let reasons = [
+        ("k-unknown", "outcome unknown: epeis answered HTTP 200 without a CODE"),
+        ("k-expired", "gave up after 8 attempts (max_attempts = 8); last error: HTTP 503"),
+        ("k-internal", "internal error while delivering (panic: boom); please report it with this row"),
+        ("k-sink", "sink 'gone' is not configured: add [sinks.gone] to the config, or fix the producer, then requeue"),
+        ("k-text", "the row cannot be read as text: `payload` is not valid UTF-8 text (3 bytes); fix the producer"),
+        ("k-size", "payload is 2000000 bytes, above the 1048576 byte limit: no platform accepts it"),
+        ("k-type", "sink pyun (type 4pyun) delivers charge_end events, not \"dosage\": fix the producer's event_type or sink"),
+        ("k-perm", "rejected: bad plate (code 400)"),
+    ];
+    for (i, (key, reason)) in reasons.iter().enumerate() {
+        exec(
+            s,
+            &format!(
+                "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, created_at, \
+                                          attempts, reason, dead_at) \
+                 VALUES ({}, 'pyun', 'charge_end', '{key}', '{{}}', 1, 1, '{}', 2)",
+                i + 1,
+                reason.replace('\'', "''")
+            ),
+        )
+        .await;
+    }
+    s.migrate().await.expect("migrating the rest");
+    let kinds: HashMap<String, DeadKind> = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.idempotency_key, d.kind))
+        .collect();
+    let expected = [
+        ("k-unknown", DeadKind::Unknown),
+        ("k-expired", DeadKind::Expired),
+        ("k-internal", DeadKind::Internal),
+        ("k-sink", DeadKind::UnknownSink),
+        ("k-text", DeadKind::Invalid),
+        ("k-size", DeadKind::Invalid),
+        ("k-type", DeadKind::Invalid),
+        ("k-perm", DeadKind::Permanent),
+    ];
+    for (key, kind) in expected {
+        assert_eq!(kinds[key], kind, "{key}");
+    }
+    let unknown = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.idempotency_key == "k-unknown")
+        .unwrap();
+    assert!(unknown.requeue_may_duplicate());
+
+    // New rows: the worker's kind is written as given, whatever the reason says.
+    let now = now_ms();
+    enqueue_all(
+        s,
+        &[
+            ev("pyun", "n-unknown"),
+            ev("pyun", "n-invalid"),
+            ev("gone", "n-sink"),
+        ],
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    let batch = vec![
+        completion(
+            by_key["n-unknown"],
+            Action::Dead {
+                kind: DeadKind::Unknown,
+                reason: "the platform may have applied it".into(),
+                last_reply: None,
+            },
+        ),
+        completion(
+            by_key["n-invalid"],
+            Action::Dead {
+                kind: DeadKind::Invalid,
+                reason: "outcome unknown (text that says otherwise)".into(),
+                last_reply: None,
+            },
+        ),
+    ];
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+    s.dead_letter_unknown_sinks(&["pyun".to_string()], Duration::ZERO, now_ms())
+        .await
+        .unwrap();
+    let kinds: HashMap<String, DeadKind> = s
+        .dead_list(None, None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.idempotency_key, d.kind))
+        .collect();
+    assert_eq!(kinds["n-unknown"], DeadKind::Unknown);
+    assert_eq!(kinds["n-invalid"], DeadKind::Invalid);
+    assert_eq!(kinds["n-sink"], DeadKind::UnknownSink);
+    // The producers' view reads the kind too.
+    let outcome = |key: &'static str| async move {
+        let sql = format!(
+            "SELECT outcome FROM outbox_outcomes WHERE sink = 'pyun' AND idempotency_key = '{key}'"
+        );
+        match s.engine() {
+            Engine::Sqlite(st) => {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .fetch_one(st.pool())
+                    .await
+            }
+            Engine::Postgres(st) => {
+                sqlx::query_scalar::<_, String>(&sql)
+                    .fetch_one(st.pool())
+                    .await
+            }
+        }
+        .unwrap()
+    };
+    assert_eq!(outcome("n-unknown").await, "unknown");
+    assert_eq!(outcome("n-invalid").await, "dead");
+    assert_eq!(outcome("k-unknown").await, "unknown");
+}
+
+async fn dead_row_of(s: &Store, key: &str) -> outbox_core::store::DeadRow {
+    s.dead_list(None, None, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|d| d.idempotency_key == key)
+        .unwrap_or_else(|| panic!("{key} is not dead-lettered"))
+}
+
+/// Issue 12 item 1: a key once accepted is never accepted again (until `key_retention`),
+/// whatever became of its row; only an operator's requeue sends it again.
+async fn known_keys_are_never_accepted_twice(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    enqueue_all(s, &[ev("pyun", "delivered"), ev("pyun", "dead")]).await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    let parked = Action::Dead {
+        kind: DeadKind::Unknown,
+        reason: "outcome unknown: no CODE".into(),
+        last_reply: None,
+    };
+    let batch = vec![
+        completion(by_key["delivered"], delivered()),
+        completion(by_key["dead"], parked),
+    ];
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+
+    // Re-inserted after delivery and after dead-lettering, same payload: ignored.
+    assert!(!s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+    assert!(!s.enqueue(&ev("pyun", "dead")).await.unwrap());
+    assert_eq!(dead_row_of(s, "dead").await.correction_payload, None);
+    // A plain INSERT and an INSERT .. ON CONFLICT DO NOTHING: no error, no row.
+    let changed = r#"{"order":"dead","amount":2}"#;
+    exec(
+        s,
+        &format!(
+            "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+             VALUES ('pyun', 'charge_end', 'dead', '{changed}')"
+        ),
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload) \
+         VALUES ('pyun', 'charge_end', 'delivered', '{}') ON CONFLICT DO NOTHING",
+    )
+    .await;
+    assert!(
+        claim(s, "pyun", "w", 10, now + 1).await.is_empty(),
+        "nothing to send"
+    );
+    assert_eq!(status(s, "pyun", "delivered").await, "delivered");
+    // The different payload is kept beside the dead row: the producer's correction.
+    let d = dead_row_of(s, "dead").await;
+    assert_eq!(d.correction_payload.as_deref(), Some(changed));
+    assert!(d.correction_at.is_some());
+    assert_eq!(sink_stats(s, "pyun", now).await.ignored_reinserts, 4);
+
+    // Retention pruned the delivered row: its key is still known.
+    assert_eq!(s.prune_finished(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(s.row("pyun", "delivered").await.unwrap().is_none());
+    assert!(!s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+    assert_eq!(sink_stats(s, "pyun", now).await.ignored_reinserts, 5);
+    // Only after key_retention is it a new event again (the dead row's key stays known).
+    let year = Duration::from_secs(365 * 24 * 3600);
+    assert_eq!(s.prune_keys(now_ms(), year, 100).await.unwrap(), 0);
+    assert_eq!(
+        s.prune_keys(now_ms() + 2 * 365 * 24 * 3_600_000, year, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.enqueue(&ev("pyun", "delivered")).await.unwrap());
+
+    // The operator's requeue sends the key again, with the correction on request.
+    let d = dead_row_of(s, "dead").await;
+    s.requeue(d.id, now_ms(), true).await.unwrap();
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    let again = rows
+        .iter()
+        .find(|r| r.idempotency_key == "dead")
+        .expect("requeued");
+    assert_eq!(again.payload, changed);
+    assert_eq!(again.id, d.outbox_id, "under its old id");
+}
+
+/// Issue 12 item 7: a producer row with a REAL time (Python's `time.time() * 1000`) is
+/// claimed with a defect naming the column; the other rows are claimed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_real_time_column_marks_only_its_row() {
+    on_sqlite(|db| Box::pin(a_real_time_column_marks_only_its_row(db))).await;
+}
+
+async fn a_real_time_column_marks_only_its_row(db: &Db) {
+    let s = &db.store;
+    enqueue_all(s, &[ev("pyun", "before")]).await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, created_at) \
+         VALUES ('pyun', 'charge_end', 'real-created', '{}', 1700000000123.456)",
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, not_before) \
+         VALUES ('pyun', 'charge_end', 'real-due', '{}', 1000.5)",
+    )
+    .await;
+    exec(
+        s,
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, created_at) \
+         VALUES ('pyun', 'charge_end', 'text-created', '{}', 'yesterday')",
+    )
+    .await;
+    enqueue_all(s, &[ev("pyun", "after")]).await;
+    let now = now_ms();
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    assert_eq!(rows.len(), 5, "{:?}", keys(&rows));
+    assert_eq!(by_key["before"].defect, None);
+    assert_eq!(by_key["after"].defect, None);
+    for (key, col) in [
+        ("real-created", "created_at"),
+        ("real-due", "next_attempt_at"),
+        ("text-created", "created_at"),
+    ] {
+        let defect = by_key[key].defect.as_deref().unwrap_or_default();
+        assert!(defect.contains(&format!("`{col}`")), "{key}: {defect:?}");
+    }
+    // Status still works, and dead-lettering the odd rows moves them.
+    let batch: Vec<Completion> = ["real-created", "real-due", "text-created"]
+        .iter()
+        .map(|k| {
+            completion(
+                by_key[k],
+                Action::Dead {
+                    kind: DeadKind::Invalid,
+                    reason: by_key[k].defect.clone().unwrap(),
+                    last_reply: None,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(complete(s, "w", batch, now).await, 0);
+    assert_eq!(sink_stats(s, "pyun", now).await.dead, 3);
+    assert_eq!(s.dead_list(None, None, None, 10).await.unwrap().len(), 3);
+}
+
+/// Issue 12 item 8: an oversized payload is measured in SQL and never loaded; the row comes
+/// back with a defect and an empty payload.
+async fn an_oversized_payload_is_not_loaded(db: &Db) {
+    let s = &db.store;
+    let limit = outbox_core::event::MAX_PAYLOAD_BYTES;
+    let big = NewEvent {
+        payload: format!(r#"{{"pad":"{}"}}"#, "x".repeat(limit)),
+        ..ev("pyun", "big")
+    };
+    let at_limit = NewEvent {
+        payload: format!(r#"{{"pad":"{}"}}"#, "y".repeat(limit - 10)),
+        ..ev("pyun", "at-limit")
+    };
+    enqueue_all(s, &[ev("pyun", "small"), big.clone(), at_limit.clone()]).await;
+    let rows = claim(s, "pyun", "w", 10, now_ms()).await;
+    let by_key: HashMap<&str, &ClaimedRow> = rows
+        .iter()
+        .map(|r| (r.idempotency_key.as_str(), r))
+        .collect();
+    assert_eq!(by_key["small"].defect, None);
+    assert_eq!(by_key["at-limit"].defect, None);
+    assert!(by_key["at-limit"].payload == at_limit.payload);
+    let b = by_key["big"];
+    assert!(b.payload.is_empty(), "loaded {} bytes", b.payload.len());
+    let defect = b.defect.as_deref().unwrap_or_default();
+    assert!(
+        defect.contains(&format!("payload is {} bytes", big.payload.len())),
+        "{defect:?}"
+    );
+}
+
+/// Issue 12 item 10: rows of a sink missing from this worker's config are held and counted,
+/// and dead-lettered only once older than max_age.
+async fn unconfigured_sinks_are_held_until_max_age(db: &Db) {
+    let s = &db.store;
+    enqueue_all(
+        s,
+        &[ev("pyun", "ok"), ev("ghost", "old"), ev("ghost", "new")],
+    )
+    .await;
+    let now = now_ms();
+    exec(
+        s,
+        &format!(
+            "UPDATE outbox SET created_at = {} WHERE idempotency_key = 'old'",
+            now - 7_200_000
+        ),
+    )
+    .await;
+    let known = vec!["pyun".to_string()];
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, hour, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(status(s, "ghost", "new").await, "pending", "held");
+    let d = s.dead_list(Some("ghost"), None, None, 10).await.unwrap();
+    assert_eq!(keys_of(&d), ["old"]);
+    assert_eq!(d[0].kind, DeadKind::UnknownSink);
+    let ghost = sink_stats(s, "ghost", now).await;
+    assert_eq!((ghost.pending, ghost.unconfigured_since), (1, Some(now)));
+    assert_eq!(sink_stats(s, "pyun", now).await.unconfigured_since, None);
+    // Still held a round later, marked since the first round.
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&known, hour, now + 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        sink_stats(s, "ghost", now).await.unconfigured_since,
+        Some(now)
+    );
+    // A worker that has the sink clears the mark.
+    let both = vec!["pyun".to_string(), "ghost".to_string()];
+    assert_eq!(
+        s.dead_letter_unknown_sinks(&both, hour, now + 2)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(sink_stats(s, "ghost", now).await.unconfigured_since, None);
+}
+
+fn keys_of(d: &[outbox_core::store::DeadRow]) -> Vec<&str> {
+    d.iter().map(|d| d.idempotency_key.as_str()).collect()
+}
+
+/// Issue 12 item 11: a requeued row's max_age counts from the requeue (the claim's age
+/// base), while the row keeps its producer's created_at.
+async fn a_requeued_row_gets_a_fresh_age_clock(db: &Db) {
+    let s = &db.store;
+    s.enqueue(&ev("pyun", "old")).await.unwrap();
+    let now = now_ms();
+    let three_days = 3 * 24 * 3_600_000;
+    exec(
+        s,
+        &format!(
+            "UPDATE outbox SET created_at = {} WHERE idempotency_key = 'old'",
+            now - three_days
+        ),
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    complete(s, "w", vec![completion(&rows[0], dead("HTTP 400"))], now).await;
+    let d = dead_row_of(s, "old").await;
+    assert_eq!(d.created_at, now - three_days);
+    s.requeue(d.id, now, false).await.unwrap();
+    let again = claim(s, "pyun", "w", 10, now).await;
+    assert_eq!(again[0].created_at, now, "the age base is the requeue");
+    // Its first transient failure is retried, not dead-lettered on max_age (48 h).
+    let policy = outbox_core::retry::RetryPolicy::default();
+    let age = Duration::from_millis((now_ms() - again[0].created_at) as u64);
+    assert!(matches!(
+        policy.decide(again[0].attempts, age, None, 0.5),
+        outbox_core::retry::Decision::RetryAfter(_)
+    ));
+    // The producer's time is kept: dead-lettered again, the row still says when it came.
+    complete(
+        s,
+        "w",
+        vec![completion(&again[0], dead("HTTP 400 again"))],
+        now,
+    )
+    .await;
+    assert_eq!(dead_row_of(s, "old").await.created_at, now - three_days);
 }

@@ -1,5 +1,6 @@
 //! outbox-migrate: creates or upgrades the outbox schema (SQLite or Postgres) with the
-//! migrations embedded in this binary. Safe to run repeatedly and before every start.
+//! migrations embedded in this binary. Safe to run repeatedly and before every start; a
+//! SQLite file that does not exist is created only with `--create`.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,11 @@ struct Args {
     /// Only report whether the schema is current (exit 1 if not).
     #[arg(long)]
     check: bool,
+    /// Create the SQLite database file if it does not exist. Without it a missing file is
+    /// an error: a volume that is not mounted must not get a fresh, empty outbox that
+    /// producers never see. (A missing Postgres database is created when the user may.)
+    #[arg(long, conflicts_with = "check")]
+    create: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -39,8 +45,9 @@ async fn main() -> ExitCode {
             }
         },
     };
+    let sqlite = database_url.starts_with("sqlite:");
     let opts = OpenOptions {
-        create: !args.check,
+        create: !args.check && (args.create || !sqlite),
         ..OpenOptions::default()
     };
     let store = match Store::open(&database_url, &opts).await {

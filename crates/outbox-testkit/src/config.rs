@@ -24,7 +24,8 @@ pub struct Config {
     pub worker: Vec<String>,
     /// Lines of the `[retry]` table.
     pub retry: Vec<String>,
-    /// Whole `[sinks.NAME]` sections (see [`pyun_sink`], [`epeis_sink`], [`lbbtech_sink`]),
+    /// Whole `[sinks.NAME]` sections (see [`pyun_sink`], [`epeis_sink`], [`lbbtech_sink`],
+    /// [`tcec_sink`]),
     /// each followed by anything else the caller adds (more keys, `[sinks.NAME.retry]`).
     pub sinks: Vec<String>,
 }
@@ -109,6 +110,32 @@ pub fn lbbtech_sink(name: &str, url: &str, secret: SecretRef, extra: &[&str]) ->
     section(name, "lbbtech", url, &[secret.line()], extra)
 }
 
+/// `[sinks.NAME]` of type tcec at `url` (the simulator's `/evcs/v…` base) with the
+/// simulator's operator id; `secret` is the OperatorSecret, `keys` the DataSecret,
+/// DataSecretIV and SigSecret in that order; `extra` lines appended.
+pub fn tcec_sink(
+    name: &str,
+    url: &str,
+    secret: SecretRef,
+    keys: [SecretRef; 3],
+    extra: &[&str],
+) -> String {
+    let mut lines = vec![
+        format!("operator_id = \"{}\"", platform_sim::tcec::DEMO_OPERATOR_ID),
+        secret.line(),
+    ];
+    for (label, key) in ["data_secret", "data_secret_iv", "sig_secret"]
+        .iter()
+        .zip(keys)
+    {
+        lines.push(format!(
+            "{label}_{}",
+            key.line().trim_start_matches("secret_")
+        ));
+    }
+    section(name, "tcec", url, &lines, extra)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +157,17 @@ mod tests {
                 ),
                 epeis_sink("b", "http://h/e", SecretRef::Env("KEY"), &[]),
                 lbbtech_sink("c", "http://h/open", SecretRef::Env("TOKEN"), &[]),
+                tcec_sink(
+                    "d",
+                    "http://h/evcs/v1",
+                    SecretRef::Env("OP"),
+                    [
+                        SecretRef::Env("DATA"),
+                        SecretRef::File(Path::new("/run/iv")),
+                        SecretRef::Env("SIG"),
+                    ],
+                    &[],
+                ),
             ],
         };
         let v: toml::Table = config.render("sqlite:///x.db").parse().unwrap();
@@ -150,6 +188,15 @@ mod tests {
         assert_eq!(sinks["b"]["type"].as_str(), Some("epeis"));
         assert_eq!(sinks["b"]["secret_env"].as_str(), Some("KEY"));
         assert_eq!(sinks["c"]["url"].as_str(), Some("http://h/open"));
+        assert_eq!(sinks["d"]["type"].as_str(), Some("tcec"));
+        assert_eq!(sinks["d"]["secret_env"].as_str(), Some("OP"));
+        assert_eq!(sinks["d"]["data_secret_env"].as_str(), Some("DATA"));
+        assert_eq!(sinks["d"]["data_secret_iv_file"].as_str(), Some("/run/iv"));
+        assert_eq!(sinks["d"]["sig_secret_env"].as_str(), Some("SIG"));
+        assert_eq!(
+            sinks["d"]["operator_id"].as_str(),
+            Some(platform_sim::tcec::DEMO_OPERATOR_ID)
+        );
     }
 
     #[test]

@@ -192,9 +192,10 @@ impl Db {
     }
 }
 
-/// Runs the real `outbox-migrate`.
+/// Runs the real `outbox-migrate`, creating a SQLite file that does not exist yet.
 pub fn migrate(url: &str) -> Result<()> {
     let out = Command::new(bin("outbox-migrate")?)
+        .arg("--create")
         .arg("--database-url")
         .arg(url)
         .output()?;

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use config::{epeis_sink, lbbtech_sink, pyun_sink, Config, SecretRef};
+pub use config::{epeis_sink, lbbtech_sink, pyun_sink, tcec_sink, Config, SecretRef};
 pub use db::{migrate, Db, Pool};
 pub use pg::{create_database, drop_database, test_pg_url, PgCluster, PgServer};
 pub use proc::{cpu_secs, status_kb, tail, Exit, Proc};

@@ -126,7 +126,7 @@ pub struct EnqueueArgs {
     /// The sink's name, as in `[sinks.NAME]`.
     #[arg(long)]
     pub sink: String,
-    /// charge_end, dosage or charge_start
+    /// charge_end, dosage, charge_start, charge_order or connector_status
     #[arg(long = "type")]
     pub event_type: String,
     /// Idempotency key (unique per sink); a second enqueue with the same key is ignored.
@@ -192,6 +192,10 @@ pub enum DeadCommand {
         /// them: an epeis adjustment, an lbbtech start). Check on the platform side first.
         #[arg(long)]
         force: bool,
+        /// Send the producer's correction (a payload it inserted again under the same key
+        /// after the row died; `dead show` displays it) instead of the original payload.
+        #[arg(long)]
+        latest: bool,
         /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,

@@ -174,6 +174,21 @@ fn status_table(stats: &[SinkStats], p: Paint) -> String {
                 s.sink, s.dead, s.sink
             ));
         }
+        if let Some(since) = s.unconfigured_since {
+            notes.push(format!(
+                "{}: not in the worker's config: {} row(s) held since {}; add [sinks.{}] or fix the producer (they are dead-lettered after max_age)",
+                s.sink,
+                s.pending,
+                relative(since, now_ms()),
+                s.sink
+            ));
+        }
+        if s.ignored_reinserts > 0 {
+            notes.push(format!(
+                "{}: {} insert(s) of an already known key ignored (never sent twice); `outboxd dead show` lists corrections",
+                s.sink, s.ignored_reinserts
+            ));
+        }
         if s.hints > 0 {
             notes.push(format!(
                 "{}: {} delivered row(s) carried a platform hint (accepted with a warning); the daemon logs each one",
@@ -327,8 +342,9 @@ pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
             sink,
             all,
             force,
+            latest,
             json,
-        } => requeue(store, ids, sink, all, force, json).await,
+        } => requeue(store, ids, sink, all, force, latest, json).await,
         DeadCommand::Purge { older_than, json } => {
             let cutoff = now_ms() - clock::ms(older_than.into());
             let n = store.purge_dead(cutoff).await.map_err(store_err)?;
@@ -452,6 +468,7 @@ async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
                 d.attempts
             ),
         ),
+        ("kind", d.kind.to_string()),
         ("reason", p.red(&d.reason)),
     ];
     if let Some(k) = &d.ordering_key {
@@ -468,6 +485,25 @@ async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
         .unwrap_or_else(|| d.payload.clone());
     for line in pretty.lines() {
         println!("  {line}");
+    }
+    if let Some(corrected) = &d.correction_payload {
+        let when = d
+            .correction_at
+            .map(|t| relative(t, now))
+            .unwrap_or_default();
+        println!(
+            "\n{} (the producer inserted this key again with another payload, {when}; \
+             `outboxd dead requeue {} --latest` sends it):",
+            p.bold("correction"),
+            d.id
+        );
+        let pretty = serde_json::from_str::<serde_json::Value>(corrected)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| corrected.clone());
+        for line in pretty.lines() {
+            println!("  {line}");
+        }
     }
     print_attempts(&attempts, now, p);
     println!(
@@ -513,6 +549,7 @@ async fn requeue(
     sink: Option<String>,
     all: bool,
     force: bool,
+    latest: bool,
     json: bool,
 ) -> CmdResult {
     let ids = match (ids.is_empty(), sink, all) {
@@ -557,7 +594,7 @@ async fn requeue(
                 }
             }
         }
-        match store.requeue(id, now_ms()).await {
+        match store.requeue(id, now_ms(), latest).await {
             Ok(()) => ok.push(id),
             Err(e) => failed.push((id, refusal(store, id, e).await?)),
         }

@@ -37,8 +37,8 @@ pub enum Ambiguity {
 pub trait Platform: Sized + Send + Sync + 'static {
     /// The `type = "..."` of its `[sinks.NAME]` sections.
     const TYPE: &'static str;
-    /// The only event type its rows may carry.
-    const EVENT_TYPE: EventType;
+    /// The event types its rows may carry (most platforms take one; T/CEC takes two).
+    const EVENT_TYPES: &'static [EventType];
     /// Its own keys of a `[sinks.NAME]` section (a struct with `deny_unknown_fields`).
     type Config: DeserializeOwned + Clone + std::fmt::Debug + Send + Sync;
 
@@ -91,8 +91,20 @@ impl Sink {
         self.inner.type_name()
     }
 
-    pub fn event_type(&self) -> EventType {
-        self.inner.event_type()
+    /// The event types this sink's rows may carry.
+    pub fn event_types(&self) -> &'static [EventType] {
+        self.inner.event_types()
+    }
+
+    /// Whether a row of `event_type` (as the producer wrote it) belongs on this sink.
+    pub fn accepts(&self, event_type: &str) -> bool {
+        self.event_types().iter().any(|t| t.as_str() == event_type)
+    }
+
+    /// The accepted event types for a message: `charge_end`, `charge_order or connector_status`.
+    pub fn event_types_text(&self) -> String {
+        let names: Vec<&str> = self.event_types().iter().map(|t| t.as_str()).collect();
+        names.join(" or ")
     }
 
     /// Whether an ambiguous outcome is retried (true) or parked for an operator.
@@ -134,8 +146,8 @@ macro_rules! registry {
                 match self { $(PlatformConfig::$variant(_) => <$platform as Platform>::TYPE),+ }
             }
 
-            pub fn event_type(&self) -> EventType {
-                match self { $(PlatformConfig::$variant(_) => <$platform as Platform>::EVENT_TYPE),+ }
+            pub fn event_types(&self) -> &'static [EventType] {
+                match self { $(PlatformConfig::$variant(_) => <$platform as Platform>::EVENT_TYPES),+ }
             }
 
             /// The keys of platform `type_name`, `None` for an unknown type.
@@ -178,8 +190,8 @@ macro_rules! registry {
                 match self { $(Built::$variant(_) => <$platform as Platform>::TYPE),+ }
             }
 
-            fn event_type(&self) -> EventType {
-                match self { $(Built::$variant(_) => <$platform as Platform>::EVENT_TYPE),+ }
+            fn event_types(&self) -> &'static [EventType] {
+                match self { $(Built::$variant(_) => <$platform as Platform>::EVENT_TYPES),+ }
             }
 
             fn ambiguity(&self) -> Ambiguity {
@@ -202,6 +214,7 @@ registry! {
     Pyun => pyun::Pyun,
     Epeis => epeis::Epeis,
     Lbbtech => lbbtech::Lbbtech,
+    Tcec => tcec::Tcec,
 }
 
 #[cfg(test)]
@@ -222,18 +235,18 @@ mod tests {
     fn the_registry_builds_every_platform_with_its_type_event_and_policy() {
         let pyun = sink("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"");
         assert_eq!(
-            (pyun.type_name(), pyun.event_type(), pyun.retry_ambiguous()),
-            ("pyun", EventType::ChargeEnd, true)
+            (pyun.type_name(), pyun.event_types(), pyun.retry_ambiguous()),
+            ("pyun", &[EventType::ChargeEnd][..], true)
         );
         let ids = "channel_did = \"CH00000000000001\"\nregister_did = \"RG00000000000001\"\naccount_did = \"AC00000000000001\"";
         let epeis = sink(&format!("type = \"epeis\"\nurl = \"https://x/\"\n{ids}"));
         assert_eq!(
             (
                 epeis.type_name(),
-                epeis.event_type(),
+                epeis.event_types(),
                 epeis.retry_ambiguous()
             ),
-            ("epeis", EventType::Dosage, false)
+            ("epeis", &[EventType::Dosage][..], false)
         );
         let opted_in = sink(&format!(
             "type = \"epeis\"\nurl = \"https://x/\"\n{ids}\nretry_ambiguous = true"
@@ -241,10 +254,32 @@ mod tests {
         assert!(opted_in.retry_ambiguous());
         let lbb = sink("type = \"lbbtech\"\nurl = \"https://x/open\"");
         assert_eq!(
-            (lbb.type_name(), lbb.event_type(), lbb.retry_ambiguous()),
-            ("lbbtech", EventType::ChargeStart, false)
+            (lbb.type_name(), lbb.event_types(), lbb.retry_ambiguous()),
+            ("lbbtech", &[EventType::ChargeStart][..], false)
         );
-        assert_eq!(PlatformConfig::type_names(), ["pyun", "epeis", "lbbtech"]);
+        std::env::set_var("OUTBOXD_TEST_REGISTRY_16", "0123456789abcdef");
+        let tcec = sink(
+            "type = \"tcec\"\nurl = \"https://x/evcs/v1\"\noperator_id = \"123456789\"\n\
+             data_secret_env = \"OUTBOXD_TEST_REGISTRY_16\"\n\
+             data_secret_iv_env = \"OUTBOXD_TEST_REGISTRY_16\"\n\
+             sig_secret_env = \"OUTBOXD_TEST_REGISTRY_16\"",
+        );
+        assert_eq!(
+            (tcec.type_name(), tcec.event_types(), tcec.retry_ambiguous()),
+            (
+                "tcec",
+                &[EventType::ChargeOrder, EventType::ConnectorStatus][..],
+                true
+            )
+        );
+        assert!(tcec.accepts("charge_order") && tcec.accepts("connector_status"));
+        assert!(!tcec.accepts("charge_end") && !pyun.accepts("charge_order"));
+        assert_eq!(tcec.event_types_text(), "charge_order or connector_status");
+        assert_eq!(tcec.hold(0), None);
+        assert_eq!(
+            PlatformConfig::type_names(),
+            ["pyun", "epeis", "lbbtech", "tcec"]
+        );
     }
 
     #[test]

@@ -143,13 +143,15 @@ pub fn scrub_then_truncate(secret: &Secret, text: &str, max: usize) -> String {
     truncate(&secret.scrub(text), max)
 }
 
-/// One sink's HTTP client and the secret its texts are scrubbed of. Built from the sink's
+/// One sink's HTTP client and the secrets its texts are scrubbed of. Built from the sink's
 /// own settings, and rebuilt with the sink on reload.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
     timeout: Duration,
     secret: Secret,
+    /// The platform's further secrets (T/CEC has four), scrubbed like `secret`.
+    more_secrets: Vec<Secret>,
 }
 
 impl Sender {
@@ -175,7 +177,15 @@ impl Sender {
             client,
             timeout: settings.timeout,
             secret,
+            more_secrets: Vec::new(),
         })
+    }
+
+    /// Also scrubs `more` from every reply and error text (a platform with several secrets
+    /// gives its own here, in `build`).
+    pub fn scrubbing(mut self, more: impl IntoIterator<Item = Secret>) -> Sender {
+        self.more_secrets.extend(more);
+        self
     }
 
     /// The secret, for building a request. Never format it.
@@ -183,22 +193,37 @@ impl Sender {
         &self.secret
     }
 
-    /// Removes the secret from a text about to be stored or logged.
+    /// Removes the secrets from a text about to be stored or logged.
     pub fn scrub(&self, text: &str) -> String {
-        self.secret.scrub(text)
+        Scrubber::new(self, None).scrub(text)
     }
 
     /// POSTs `body` to `url` and reads the reply (capped and scrubbed).
     pub async fn post(&self, url: &str, content_type: &str, body: String) -> Sent {
-        let request = self
+        self.post_with_bearer(url, content_type, body, None).await
+    }
+
+    /// [`Sender::post`] with `Authorization: Bearer <token>` when `bearer` is given; the
+    /// token is scrubbed from the reply and error texts like the secrets.
+    pub async fn post_with_bearer(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: String,
+        bearer: Option<&Secret>,
+    ) -> Sent {
+        let mut request = self
             .client
             .post(url)
             .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token.expose());
+        }
         let started_at = clock::now_ms();
         let t0 = Instant::now();
-        let result = send(request, &self.secret).await;
+        let result = send(request, &Scrubber::new(self, bearer)).await;
         Sent {
             started_at,
             duration_ms: t0.elapsed().as_millis() as i64,
@@ -208,7 +233,30 @@ impl Sender {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder, secret: &Secret) -> Result<HttpReply, SendError> {
+/// Every secret of one request: the sink's, and the bearer token it carries.
+struct Scrubber<'a>(Vec<&'a Secret>);
+
+impl<'a> Scrubber<'a> {
+    fn new(sender: &'a Sender, bearer: Option<&'a Secret>) -> Self {
+        let all = std::iter::once(&sender.secret)
+            .chain(&sender.more_secrets)
+            .chain(bearer);
+        Scrubber(all.collect())
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |t, s| s.scrub(&t))
+    }
+
+    fn scrub_cut(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |t, s| s.scrub_cut(&t))
+    }
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    secret: &Scrubber<'_>,
+) -> Result<HttpReply, SendError> {
     let scrub_error = |e: SendError| match e {
         SendError::NotSent(t) => SendError::NotSent(secret.scrub(&t)),
         SendError::MaybeSent(t) => SendError::MaybeSent(secret.scrub(&t)),

@@ -6,7 +6,10 @@ pub mod postgres;
 pub mod sqlite;
 pub mod wake;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use serde::Serialize;
 
@@ -30,6 +33,67 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// How long accepted idempotency keys are remembered (so a re-insert is ignored): 400
+/// days, far longer than any retention of delivered rows.
+pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// Why a row was dead-lettered: the typed `outbox_dead.kind` column. The reason text
+/// beside it is for people; code reads this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadKind {
+    /// The platform refused the event.
+    Permanent,
+    /// Outcome unknown: the platform may have applied it.
+    Unknown,
+    /// Retries or `max_age` exhausted on transient failures.
+    Expired,
+    /// Unreadable, oversized or of the wrong event type: never sent.
+    Invalid,
+    /// The delivery panicked.
+    Internal,
+    /// Addressed to a sink this worker's config does not have.
+    UnknownSink,
+}
+
+impl DeadKind {
+    pub const ALL: [DeadKind; 6] = [
+        DeadKind::Permanent,
+        DeadKind::Unknown,
+        DeadKind::Expired,
+        DeadKind::Invalid,
+        DeadKind::Internal,
+        DeadKind::UnknownSink,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadKind::Permanent => "permanent",
+            DeadKind::Unknown => "unknown",
+            DeadKind::Expired => "expired",
+            DeadKind::Invalid => "invalid",
+            DeadKind::Internal => "internal",
+            DeadKind::UnknownSink => "unknown_sink",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        DeadKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown dead-letter kind {s:?}"))
+    }
+}
 
 /// What happens to a claimed row after a delivery step, as decided by the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +119,7 @@ pub enum Action {
     },
     /// Move to `outbox_dead`.
     Dead {
+        kind: DeadKind,
         reason: String,
         last_reply: Option<String>,
     },
@@ -103,6 +168,12 @@ pub struct SinkStats {
     pub hints: i64,
     pub paused: bool,
     pub last_error: Option<String>,
+    /// Producers' inserts of keys already known (delivered, dead-lettered or pruned rows),
+    /// ignored so that nothing is applied twice.
+    pub ignored_reinserts: i64,
+    /// Since when a worker holds this sink's rows because its config lacks the sink
+    /// (`pending` counts them); they are dead-lettered once older than `max_age`.
+    pub unconfigured_since: Option<i64>,
 }
 
 /// A dead-lettered row.
@@ -117,18 +188,23 @@ pub struct DeadRow {
     pub ordering_key: Option<String>,
     pub created_at: i64,
     pub attempts: i64,
+    pub kind: DeadKind,
     pub reason: String,
     pub last_reply: Option<String>,
     pub dead_at: i64,
     /// Where a multi-step flow stood (lbbtech); a requeue resumes from it.
     pub flow_state: Option<String>,
+    /// A payload the producer inserted again under this key after the row died (its
+    /// correction), and when; `dead requeue --latest` sends it.
+    pub correction_payload: Option<String>,
+    pub correction_at: Option<i64>,
 }
 
 impl DeadRow {
     /// Whether requeueing may apply the event a second time: the platform may already have
     /// applied it (outcome unknown), and there is no flow state to resume safely from.
     pub fn requeue_may_duplicate(&self) -> bool {
-        self.reason.starts_with("outcome unknown") && self.flow_state.is_none()
+        self.kind == DeadKind::Unknown && self.flow_state.is_none()
     }
 }
 
@@ -161,11 +237,167 @@ pub struct RowView {
     pub result: Option<String>,
 }
 
-/// A connected store.
+/// What each backend implements: every store operation, written once per backend in its
+/// own SQL. [`Store`] is a cheap-clone handle to one of them and dereferences to this
+/// trait, so callers write `store.claim(..).await` whatever the backend.
+pub trait Backend: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// The concrete backend, for what only one of them has (the SQLite file and its WAL,
+    /// the Postgres listener, raw pools in tests and benchmarks).
+    fn engine(&self) -> Engine<'_>;
+
+    /// Applies the embedded migrations; returns the versions it applied.
+    fn migrate(&self) -> BoxFuture<'_, Result<Vec<i64>>>;
+
+    fn schema_state(&self) -> BoxFuture<'_, Result<SchemaState>>;
+
+    /// Inserts an event unless one with the same (sink, idempotency_key) exists. Returns
+    /// whether it was inserted.
+    fn enqueue<'a>(&'a self, ev: &'a NewEvent) -> BoxFuture<'a, Result<bool>>;
+
+    /// Claims up to `limit` due rows of `sink` for `owner` until `lease_until`.
+    fn claim<'a>(
+        &'a self,
+        sink: &'a str,
+        owner: &'a str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedRow>>>;
+
+    /// Records `batch` (checking each lease is still `owner`'s) and claims rows for
+    /// `claims` (sink, limit), in one transaction (one commit, one fsync, per worker
+    /// round). Returns the lost-lease count and the claimed rows per entry of `claims`.
+    fn cycle<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>>;
+
+    /// [`Backend::cycle`], also renewing the leases of `renew` (rows this worker still
+    /// delivers) until `lease_until`, in the same transaction.
+    fn cycle_renewing<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        renew: &'a [i64],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>>;
+
+    /// Extends the leases of `ids` still held by `owner` until `lease_until` (never
+    /// shortens one). Returns how many were renewed.
+    fn renew_leases<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [i64],
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Returns rows whose lease expired to pending, marked in doubt, except the rows
+    /// `owner` (a live worker) still holds (`held`).
+    fn reclaim_expired_except<'a>(
+        &'a self,
+        now: i64,
+        owner: &'a str,
+        held: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Gives back every row leased to `owner` except `held`, due at `now`, not in doubt and
+    /// without counting the attempt: rows a failed round may have claimed but never sent.
+    fn release_unsent<'a>(
+        &'a self,
+        owner: &'a str,
+        held: &'a [i64],
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Returns rows whose lease expired (their worker died) to pending, marked in doubt.
+    fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Holds rows addressed to sinks missing from `known` (this worker's config): marks
+    /// those sinks (`SinkStats::unconfigured_since`), clears the mark of known sinks, and
+    /// dead-letters (kind `unknown_sink`) only due rows older than `max_age`. Returns how
+    /// many rows it dead-lettered.
+    fn dead_letter_unknown_sinks<'a>(
+        &'a self,
+        known: &'a [String],
+        max_age: Duration,
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>>;
+
+    fn paused_sinks(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    fn set_paused<'a>(
+        &'a self,
+        sink: &'a str,
+        paused: bool,
+        note: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    fn stats(&self, now: i64) -> BoxFuture<'_, Result<Vec<SinkStats>>>;
+
+    fn row<'a>(&'a self, sink: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<RowView>>>;
+
+    fn dead_list<'a>(
+        &'a self,
+        sink: Option<&'a str>,
+        since: Option<i64>,
+        reason: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>>>;
+
+    fn dead_get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadRow>>>;
+
+    fn attempts(&self, outbox_id: i64) -> BoxFuture<'_, Result<Vec<AttemptRow>>>;
+
+    /// Moves a dead row back to pending with its attempts reset (history kept); with
+    /// `latest`, with the producer's correction payload if one came. The only way a known
+    /// key is sent again. Fails with `Conflict` if a row with the same (sink, key) is
+    /// already in the outbox.
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>>;
+
+    fn dead_ids<'a>(&'a self, sink: &'a str) -> BoxFuture<'a, Result<Vec<i64>>>;
+
+    fn purge_dead(&self, older_than: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Deletes up to `batch` final rows (and their history) finished before `before`.
+    fn prune_finished(&self, before: i64, batch: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Forgets up to `batch` accepted keys first seen more than `key_retention` before
+    /// `now` whose rows are gone from `outbox` and `outbox_dead`: after that, an insert of
+    /// the key is a new event again. See [`DEFAULT_KEY_RETENTION`].
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>>;
+
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The concrete backend behind a [`Store`].
+pub enum Engine<'a> {
+    Sqlite(&'a sqlite::SqliteStore),
+    Postgres(&'a postgres::PgStore),
+}
+
+/// A connected store: a cheap-clone handle to its [`Backend`].
 #[derive(Clone)]
-pub enum Store {
-    Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+pub struct Store(Arc<dyn Backend>);
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 /// Settings for opening a store.
@@ -190,32 +422,27 @@ impl Default for OpenOptions {
 impl Store {
     pub async fn open(url: &str, opts: &OpenOptions) -> Result<Store> {
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(sqlite::SqliteStore::open(url, opts).await?))
+            Ok(Store(Arc::new(sqlite::SqliteStore::open(url, opts).await?)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(postgres::PgStore::open(url, opts).await?))
+            Ok(Store(Arc::new(postgres::PgStore::open(url, opts).await?)))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
         }
     }
 
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Store::Sqlite(_) => "sqlite",
-            Store::Postgres(_) => "postgres",
+    /// The SQLite backend, if this is one.
+    pub fn sqlite(&self) -> Option<&sqlite::SqliteStore> {
+        match self.engine() {
+            Engine::Sqlite(s) => Some(s),
+            Engine::Postgres(_) => None,
         }
     }
 
-    pub async fn migrate(&self) -> Result<Vec<i64>> {
-        match self {
-            Store::Sqlite(s) => s.migrate().await,
-            Store::Postgres(s) => s.migrate().await,
-        }
-    }
-
-    pub async fn schema_state(&self) -> Result<SchemaState> {
-        match self {
-            Store::Sqlite(s) => s.schema_state().await,
-            Store::Postgres(s) => s.schema_state().await,
+    /// The Postgres backend, if this is one.
+    pub fn postgres(&self) -> Option<&postgres::PgStore> {
+        match self.engine() {
+            Engine::Postgres(p) => Some(p),
+            Engine::Sqlite(_) => None,
         }
     }
 
@@ -236,219 +463,116 @@ impl Store {
         }
     }
 
-    /// Inserts an event unless one with the same (sink, idempotency_key) exists. Returns
-    /// whether it was inserted.
-    pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
-        match self {
-            Store::Sqlite(s) => s.enqueue(ev).await,
-            Store::Postgres(s) => s.enqueue(ev).await,
-        }
-    }
-
-    /// Claims up to `limit` due rows of `sink` for `owner` until `lease_until`.
-    pub async fn claim(
-        &self,
-        sink: &str,
-        owner: &str,
-        limit: u32,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Vec<ClaimedRow>> {
-        match self {
-            Store::Sqlite(s) => s.claim(sink, owner, limit, now, lease_until).await,
-            Store::Postgres(s) => s.claim(sink, owner, limit, now, lease_until).await,
-        }
-    }
-
-    /// Returns rows whose lease expired (their worker died) to pending, marked in doubt.
-    pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.reclaim_expired(now).await,
-            Store::Postgres(s) => s.reclaim_expired(now).await,
-        }
-    }
-
-    /// Dead-letters due rows addressed to sinks that are not configured.
-    pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.dead_letter_unknown_sinks(known, now).await,
-            Store::Postgres(s) => s.dead_letter_unknown_sinks(known, now).await,
-        }
-    }
-
-    /// Writes a batch of completions in one transaction, checking each lease is still
-    /// `owner`'s. Returns how many rows had lost their lease (and were left alone).
-    pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.complete(owner, batch, now).await,
-            Store::Postgres(s) => s.complete(owner, batch, now).await,
-        }
-    }
-
-    pub async fn paused_sinks(&self) -> Result<Vec<String>> {
-        match self {
-            Store::Sqlite(s) => s.paused_sinks().await,
-            Store::Postgres(s) => s.paused_sinks().await,
-        }
-    }
-
-    pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.set_paused(sink, paused, note).await,
-            Store::Postgres(s) => s.set_paused(sink, paused, note).await,
-        }
-    }
-
-    pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
-        match self {
-            Store::Sqlite(s) => s.stats(now).await,
-            Store::Postgres(s) => s.stats(now).await,
-        }
-    }
-
-    pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
-        match self {
-            Store::Sqlite(s) => s.row(sink, key).await,
-            Store::Postgres(s) => s.row(sink, key).await,
-        }
-    }
-
-    pub async fn dead_list(
-        &self,
-        sink: Option<&str>,
-        since: Option<i64>,
-        reason: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeadRow>> {
-        match self {
-            Store::Sqlite(s) => s.dead_list(sink, since, reason, limit).await,
-            Store::Postgres(s) => s.dead_list(sink, since, reason, limit).await,
-        }
-    }
-
-    pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
-        match self {
-            Store::Sqlite(s) => s.dead_get(id).await,
-            Store::Postgres(s) => s.dead_get(id).await,
-        }
-    }
-
-    pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
-        match self {
-            Store::Sqlite(s) => s.attempts(outbox_id).await,
-            Store::Postgres(s) => s.attempts(outbox_id).await,
-        }
-    }
-
-    /// Moves a dead row back to pending with its attempts reset (history kept). Fails with
-    /// `Conflict` if a row with the same (sink, key) is already in the outbox.
-    pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.requeue(dead_id, now).await,
-            Store::Postgres(s) => s.requeue(dead_id, now).await,
-        }
-    }
-
-    pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
-        match self {
-            Store::Sqlite(s) => s.dead_ids(sink).await,
-            Store::Postgres(s) => s.dead_ids(sink).await,
-        }
-    }
-
-    pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.purge_dead(older_than).await,
-            Store::Postgres(s) => s.purge_dead(older_than).await,
-        }
-    }
-
-    /// Deletes up to `batch` final rows (and their history) finished before `before`.
-    pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.prune_finished(before, batch).await,
-            Store::Postgres(s) => s.prune_finished(before, batch).await,
-        }
-    }
-
-    /// Records `batch` and claims rows for `claims` (sink, limit), in one transaction (one
-    /// commit, one fsync, per worker round). Returns
-    /// the lost-lease count and the claimed rows per entry of `claims`.
-    pub async fn cycle(
-        &self,
-        owner: &str,
-        batch: &[Completion],
-        claims: &[(String, u32)],
-        now: i64,
-        lease_until: i64,
-    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        match self {
-            Store::Sqlite(s) => s.cycle(owner, batch, claims, now, lease_until).await,
-            Store::Postgres(s) => s.cycle(owner, batch, claims, now, lease_until).await,
-        }
-    }
-
     /// A cheap round trip to the database (for `/healthz`).
     pub async fn ping(&self) -> Result<()> {
         self.schema_state().await.map(|_| ())
     }
+}
 
-    pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-            Store::Postgres(s) => s.close().await,
-        }
-    }
+/// The defect of a row whose payload is too large to load (the words the worker used
+/// when it measured payloads itself).
+pub(crate) fn oversized(bytes: i64) -> String {
+    format!(
+        "payload is {bytes} bytes, above the {} byte limit: no platform accepts it",
+        crate::event::MAX_PAYLOAD_BYTES
+    )
+}
 
-    /// [`Store::cycle`], also renewing the leases of `renew` (rows this worker still
-    /// delivers) until `lease_until`, in the same transaction.
-    pub async fn cycle_renewing(
-        &self,
-        owner: &str,
-        batch: &[Completion],
-        claims: &[(String, u32)],
-        renew: &[i64],
-        now: i64,
-        lease_until: i64,
-    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        match self {
-            Store::Sqlite(s) => {
-                s.cycle_renewing(owner, batch, claims, renew, now, lease_until)
-                    .await
-            }
-            Store::Postgres(s) => {
-                s.cycle_renewing(owner, batch, claims, renew, now, lease_until)
-                    .await
-            }
-        }
+/// Typed column access that both backends' rows provide, so rows the two backends return
+/// alike are mapped once ([`dead_row`], [`row_view`], [`attempt_row`], [`sink_stats`]).
+/// Integers of any width read as `i64`, flags as `bool`; SQLite text a producer wrote as
+/// bytes reads lossily.
+pub(crate) trait Cols {
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error>;
+    fn flag(&self, col: &str) -> std::result::Result<bool, sqlx::Error>;
+    fn text(&self, col: &str) -> std::result::Result<String, sqlx::Error> {
+        Ok(self.opt_text(col)?.unwrap_or_default())
     }
+}
 
-    /// Extends the leases of `ids` still held by `owner` until `lease_until` (never
-    /// shortens one). Returns how many were renewed.
-    pub async fn renew_leases(&self, owner: &str, ids: &[i64], lease_until: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.renew_leases(owner, ids, lease_until).await,
-            Store::Postgres(s) => s.renew_leases(owner, ids, lease_until).await,
-        }
-    }
+pub(crate) fn dead_row(r: &impl Cols) -> std::result::Result<DeadRow, sqlx::Error> {
+    Ok(DeadRow {
+        id: r.int("id")?,
+        outbox_id: r.int("outbox_id")?,
+        sink: r.text("sink")?,
+        event_type: r.text("event_type")?,
+        idempotency_key: r.text("idempotency_key")?,
+        payload: r.text("payload")?,
+        ordering_key: r.opt_text("ordering_key")?,
+        created_at: r.int("created_at")?,
+        attempts: r.int("attempts")?,
+        // The column's CHECK admits only known kinds.
+        kind: r.text("kind")?.parse().unwrap_or(DeadKind::Permanent),
+        reason: r.text("reason")?,
+        last_reply: r.opt_text("last_reply")?,
+        dead_at: r.int("dead_at")?,
+        flow_state: r.opt_text("flow_state")?,
+        correction_payload: r.opt_text("correction_payload")?,
+        correction_at: r.opt_int("correction_at")?,
+    })
+}
 
-    /// Returns rows whose lease expired to pending, marked in doubt, except the rows
-    /// `owner` (a live worker) still holds (`held`).
-    pub async fn reclaim_expired_except(&self, now: i64, owner: &str, held: &[i64]) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.reclaim_expired_except(now, owner, held).await,
-            Store::Postgres(s) => s.reclaim_expired_except(now, owner, held).await,
-        }
-    }
+pub(crate) fn row_view(r: &impl Cols) -> std::result::Result<RowView, sqlx::Error> {
+    Ok(RowView {
+        id: r.int("id")?,
+        sink: r.text("sink")?,
+        event_type: r.text("event_type")?,
+        idempotency_key: r.text("idempotency_key")?,
+        status: r.text("status")?,
+        attempts: r.int("attempts")?,
+        next_attempt_at: r.int("next_attempt_at")?,
+        last_error: r.opt_text("last_error")?,
+        hint: r.opt_text("hint")?,
+        result: r.opt_text("result")?,
+    })
+}
 
-    /// Gives back every row leased to `owner` except `held`, due at `now`, not in doubt and
-    /// without counting the attempt: rows a failed round may have claimed but never sent.
-    pub async fn release_unsent(&self, owner: &str, held: &[i64], now: i64) -> Result<u64> {
-        match self {
-            Store::Sqlite(s) => s.release_unsent(owner, held, now).await,
-            Store::Postgres(s) => s.release_unsent(owner, held, now).await,
-        }
-    }
+pub(crate) fn attempt_row(r: &impl Cols) -> std::result::Result<AttemptRow, sqlx::Error> {
+    Ok(AttemptRow {
+        attempt: r.int("attempt")?,
+        started_at: r.int("started_at")?,
+        duration_ms: r.int("duration_ms")?,
+        http_status: r.opt_int("http_status")?,
+        reply_code: r.opt_text("reply_code")?,
+        hint: r.opt_text("hint")?,
+        outcome: r.text("outcome")?,
+        error: r.opt_text("error")?,
+        reply: r.opt_text("reply")?,
+    })
+}
+
+/// One row of a backend's statistics query (same column names on both).
+pub(crate) fn sink_stats(r: &impl Cols, now: i64) -> std::result::Result<SinkStats, sqlx::Error> {
+    Ok(SinkStats {
+        sink: r.text("sink")?,
+        pending: r.int("pending")?,
+        in_flight: r.int("in_flight")?,
+        due_now: r.int("due_now")?,
+        oldest_pending_ms: r.opt_int("oldest")?.map(|t| now - t),
+        delivered: r.int("delivered")?,
+        delivered_last_hour: r.int("delivered_hour")?,
+        done: r.int("done")?,
+        retrying: r.int("retrying")?,
+        dead: r.int("dead")?,
+        hints: r.int("hints")?,
+        paused: r.flag("paused")?,
+        last_error: r.opt_text("last_error")?,
+        ignored_reinserts: r.int("ignored_reinserts")?,
+        unconfigured_since: r.opt_int("unconfigured_since")?,
+    })
+}
+
+/// Maps every row with `f`, as a store error.
+pub(crate) fn map_rows<R, T>(
+    rows: &[R],
+    f: impl Fn(&R) -> std::result::Result<T, sqlx::Error>,
+) -> Result<Vec<T>> {
+    rows.iter()
+        .map(f)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(StoreError::from)
 }
 
 /// Compares the migrations a database has applied with those this build embeds.

@@ -17,11 +17,13 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row};
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats,
-    StoreError,
+    Action, AttemptRow, Backend, Completion, DeadRow, Engine, OpenOptions, Result, RowView,
+    SchemaState, SinkStats, StoreError,
 };
-use crate::event::{ClaimedRow, NewEvent};
+use crate::event::{ClaimedRow, NewEvent, MAX_PAYLOAD_BYTES};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -90,8 +92,12 @@ fn candidates_sql() -> String {
     )
 }
 
-const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, payload, ordering_key, \
-     created_at, attempts, flow_state, in_doubt";
+/// An oversized payload (above `$5`, MAX_PAYLOAD_BYTES) is measured, not loaded
+/// (`octet_length` reads a TOASTed value's stored size without fetching it).
+const CLAIMED_COLUMNS: &str = "id, sink, event_type, idempotency_key, \
+     CASE WHEN octet_length(payload) > $5 THEN '' ELSE payload END AS payload, \
+     octet_length(payload)::bigint AS payload_bytes, ordering_key, \
+     coalesce(requeued_at, created_at) AS created_at, attempts, flow_state, in_doubt";
 
 fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     Ok(ClaimedRow {
@@ -105,26 +111,38 @@ fn claimed(r: &PgRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
         attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
         in_doubt: r.try_get("in_doubt")?,
+        defect: Some(r.try_get::<i64, _>("payload_bytes")?)
+            .filter(|n| *n > MAX_PAYLOAD_BYTES as i64)
+            .map(super::oversized),
     })
 }
 
-fn dead_row(r: &PgRow) -> std::result::Result<DeadRow, sqlx::Error> {
-    Ok(DeadRow {
-        id: r.try_get("id")?,
-        outbox_id: r.try_get("outbox_id")?,
-        sink: r.try_get("sink")?,
-        event_type: r.try_get("event_type")?,
-        idempotency_key: r.try_get("idempotency_key")?,
-        payload: r.try_get("payload")?,
-        ordering_key: r.try_get("ordering_key")?,
-        created_at: r.try_get("created_at")?,
-        attempts: i64::from(r.try_get::<i32, _>("attempts")?),
-        reason: r.try_get("reason")?,
-        last_reply: r.try_get("last_reply")?,
-        dead_at: r.try_get("dead_at")?,
-        flow_state: r.try_get("flow_state")?,
-    })
+impl super::Cols for PgRow {
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
+        Ok(self.opt_int(col)?.unwrap_or_default())
+    }
+    /// BIGINT, or INTEGER widened.
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
+        match self.try_get::<Option<i64>, _>(col) {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from)),
+        }
+    }
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn flag(&self, col: &str) -> std::result::Result<bool, sqlx::Error> {
+        self.try_get(col)
+    }
 }
+
+/// Dead-letter completions: id, reason, last reply, kind.
+type DeadColumns = (
+    Vec<i64>,
+    Vec<String>,
+    Vec<Option<String>>,
+    Vec<&'static str>,
+);
 
 /// Completions of one kind, as parallel arrays for `unnest`.
 #[derive(Default)]
@@ -134,7 +152,7 @@ struct Batch {
     retry: (Vec<i64>, Vec<i64>, Vec<String>),
     cont: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>),
     release: (Vec<i64>, Vec<bool>),
-    dead: (Vec<i64>, Vec<String>, Vec<Option<String>>),
+    dead: DeadColumns,
 }
 
 /// The attempt history entries of a batch, as parallel arrays for `unnest`.
@@ -211,14 +229,6 @@ impl PgStore {
         Ok(listener)
     }
 
-    pub async fn migrate(&self) -> Result<Vec<i64>> {
-        let before = self.applied().await?;
-        // sqlx holds an advisory lock while migrating: concurrent runs wait for each other.
-        MIGRATOR.run(&self.pool).await?;
-        let after = self.applied().await?;
-        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
-    }
-
     async fn applied(&self) -> Result<Vec<i64>> {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&self.pool)
@@ -231,74 +241,6 @@ impl PgStore {
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    pub async fn schema_state(&self) -> Result<SchemaState> {
-        let applied = self.applied().await?;
-        Ok(super::compare_schema(
-            &applied,
-            MIGRATOR.iter().map(|m| m.version),
-        ))
-    }
-
-    pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
-        enqueue_in(&self.pool, ev).await
-    }
-
-    /// Claims up to `limit` due rows of `sink`, in one transaction: the candidate scan
-    /// (`SELECT ... FOR UPDATE SKIP LOCKED`: workers never get the same row and never wait
-    /// on each other), then an `UPDATE` of the candidates.
-    ///
-    /// Ordering keys: a key never has two rows in flight, across all workers. The scan skips
-    /// a keyed row if an earlier row of its key is unfinished or any row of its key is in
-    /// flight, as of the scan's snapshot. That suffices while ids follow commit order: a row
-    /// another worker is claiming right now is still pending in the snapshot and blocks the
-    /// rows after it, and a finished row never comes back. It does not when the row that
-    /// matters is missing from the snapshot: a producer transaction that got a smaller id
-    /// but committed after a later row of the key, or a requeued row (old id) while a later
-    /// row of its key is in flight, claimed by two workers at once, each blind to the
-    /// other's uncommitted claim. So for keyed candidates the claim also takes a
-    /// transaction-scoped advisory lock per key (`pg_try_advisory_xact_lock`: a key another
-    /// claim holds is skipped this round, never waited for), and the `UPDATE` checks them
-    /// again with a snapshot taken after the locks are held: claims of one key are
-    /// serialised, and each sees the earlier ones committed. Workers meet on these locks
-    /// only when they claim rows of the same key at the same moment.
-    pub async fn claim(
-        &self,
-        sink: &str,
-        owner: &str,
-        limit: u32,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Vec<ClaimedRow>> {
-        let mut tx = self.pool.begin().await?;
-        let rows = Self::claim_in(&mut tx, sink, owner, limit, now, lease_until).await?;
-        tx.commit().await?;
-        Ok(rows)
-    }
-
-    /// One transaction for a whole worker round: the verdicts of finished deliveries, then
-    /// new claims for the sinks with free slots (one commit instead of one per step).
-    pub async fn cycle(
-        &self,
-        owner: &str,
-        batch: &[Completion],
-        claims: &[(String, u32)],
-        now: i64,
-        lease_until: i64,
-    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        let mut tx = self.pool.begin().await?;
-        let lost = if batch.is_empty() {
-            0
-        } else {
-            Self::complete_in(&mut tx, owner, batch, now).await?
-        };
-        let mut claimed = Vec::with_capacity(claims.len());
-        for (sink, limit) in claims {
-            claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
-        }
-        tx.commit().await?;
-        Ok((lost, claimed))
     }
 
     async fn claim_in(
@@ -350,6 +292,7 @@ impl PgStore {
         .bind(lease_until)
         .bind(now)
         .bind(&ids)
+        .bind(MAX_PAYLOAD_BYTES as i64)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed_rows = rows
@@ -371,46 +314,6 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(lines.join("\n"))
-    }
-
-    pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
-                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
-                    lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'in_flight' AND lease_expires_at < $1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
-        // One statement: the rows deleted are exactly the rows moved.
-        let done = sqlx::query(
-            "WITH moved AS ( \
-                DELETE FROM outbox \
-                WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
-                RETURNING *) \
-             INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                    'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
-                    NULL, flow_state, $1 FROM moved ORDER BY id",
-        )
-        .bind(now)
-        .bind(known)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        let lost = Self::complete_in(&mut tx, owner, batch, now).await?;
-        tx.commit().await?;
-        Ok(lost)
     }
 
     async fn complete_in(
@@ -452,10 +355,15 @@ impl PgStore {
                     b.release.0.push(c.id);
                     b.release.1.push(*in_doubt);
                 }
-                Action::Dead { reason, last_reply } => {
+                Action::Dead {
+                    kind,
+                    reason,
+                    last_reply,
+                } => {
                     b.dead.0.push(c.id);
                     b.dead.1.push(reason.clone());
                     b.dead.2.push(last_reply.clone());
+                    b.dead.3.push(kind.as_str());
                 }
             }
             if let Some(info) = &c.info {
@@ -554,19 +462,21 @@ impl PgStore {
         }
         if !b.dead.0.is_empty() {
             applied += sqlx::query(&format!(
-                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u(id, reason, last_reply)), \
+                "WITH u AS (SELECT * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) \
+                            AS u(id, reason, last_reply, kind)), \
                       moved AS (DELETE FROM outbox o USING u WHERE {OWNED} \
-                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply) \
+                                RETURNING o.*, u.reason AS dead_reason, u.last_reply AS dead_reply, u.kind AS dead_kind) \
                  INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                          created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
                  SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                        dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
+                        dead_kind, dead_reason, dead_reply, flow_state, $2 FROM moved ORDER BY id"
             ))
             .bind(owner)
             .bind(now)
             .bind(&b.dead.0)
             .bind(&b.dead.1)
             .bind(&b.dead.2)
+            .bind(&b.dead.3)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -594,17 +504,183 @@ impl PgStore {
         }
         Ok((batch.len() as u64).saturating_sub(applied))
     }
+}
 
-    pub async fn paused_sinks(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT sink FROM outbox_sinks WHERE paused ORDER BY sink COLLATE \"C\"",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+impl Backend for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
     }
 
-    pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
-        sqlx::query(
+    fn engine(&self) -> Engine<'_> {
+        Engine::Postgres(self)
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let before = self.applied().await?;
+            // sqlx holds an advisory lock while migrating: concurrent runs wait for each other.
+            MIGRATOR.run(&self.pool).await?;
+            let after = self.applied().await?;
+            Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+        })
+    }
+
+    fn schema_state(&self) -> BoxFuture<'_, Result<SchemaState>> {
+        Box::pin(async move {
+            let applied = self.applied().await?;
+            Ok(super::compare_schema(
+                &applied,
+                MIGRATOR.iter().map(|m| m.version),
+            ))
+        })
+    }
+
+    fn enqueue<'a>(&'a self, ev: &'a NewEvent) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { enqueue_in(&self.pool, ev).await })
+    }
+
+    /// Claims up to `limit` due rows of `sink`, in one transaction: the candidate scan
+    /// (`SELECT ... FOR UPDATE SKIP LOCKED`: workers never get the same row and never wait
+    /// on each other), then an `UPDATE` of the candidates.
+    ///
+    /// Ordering keys: a key never has two rows in flight, across all workers. The scan skips
+    /// a keyed row if an earlier row of its key is unfinished or any row of its key is in
+    /// flight, as of the scan's snapshot. That suffices while ids follow commit order: a row
+    /// another worker is claiming right now is still pending in the snapshot and blocks the
+    /// rows after it, and a finished row never comes back. It does not when the row that
+    /// matters is missing from the snapshot: a producer transaction that got a smaller id
+    /// but committed after a later row of the key, or a requeued row (old id) while a later
+    /// row of its key is in flight, claimed by two workers at once, each blind to the
+    /// other's uncommitted claim. So for keyed candidates the claim also takes a
+    /// transaction-scoped advisory lock per key (`pg_try_advisory_xact_lock`: a key another
+    /// claim holds is skipped this round, never waited for), and the `UPDATE` checks them
+    /// again with a snapshot taken after the locks are held: claims of one key are
+    /// serialised, and each sees the earlier ones committed. Workers meet on these locks
+    /// only when they claim rows of the same key at the same moment.
+    fn claim<'a>(
+        &'a self,
+        sink: &'a str,
+        owner: &'a str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedRow>>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let rows = Self::claim_in(&mut tx, sink, owner, limit, now, lease_until).await?;
+            tx.commit().await?;
+            Ok(rows)
+        })
+    }
+
+    /// One transaction for a whole worker round: the verdicts of finished deliveries, then
+    /// new claims for the sinks with free slots (one commit instead of one per step).
+    fn cycle<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let lost = if batch.is_empty() {
+                0
+            } else {
+                Self::complete_in(&mut tx, owner, batch, now).await?
+            };
+            let mut claimed = Vec::with_capacity(claims.len());
+            for (sink, limit) in claims {
+                claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
+            }
+            tx.commit().await?;
+            Ok((lost, claimed))
+        })
+    }
+
+    fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
+                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                    lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_expires_at < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn dead_letter_unknown_sinks<'a>(
+        &'a self,
+        known: &'a [String],
+        max_age: Duration,
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO outbox_sinks AS s (sink, unconfigured_since) \
+                 SELECT DISTINCT sink, $1::bigint FROM outbox WHERE status = 'pending' AND sink <> ALL($2::text[]) \
+                 ON CONFLICT (sink) DO UPDATE SET unconfigured_since = coalesce(s.unconfigured_since, excluded.unconfigured_since)",
+            )
+            .bind(now)
+            .bind(known)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE outbox_sinks s SET unconfigured_since = NULL \
+                 WHERE unconfigured_since IS NOT NULL \
+                   AND (sink = ANY($1::text[]) \
+                        OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sink = s.sink AND o.status = 'pending'))",
+            )
+            .bind(known)
+            .execute(&mut *tx)
+            .await?;
+            // One statement: the rows deleted are exactly the rows moved.
+            let done = sqlx::query(
+                "WITH moved AS ( \
+                    DELETE FROM outbox \
+                    WHERE status = 'pending' AND next_attempt_at <= $1 AND sink <> ALL($2::text[]) \
+                      AND coalesce(requeued_at, created_at) <= $3 \
+                    RETURNING *) \
+                 INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
+                        'sink ' || quote_literal(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                        NULL, flow_state, $1 FROM moved ORDER BY id",
+            )
+            .bind(now)
+            .bind(known)
+            .bind(now - crate::clock::ms(max_age))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn paused_sinks(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "SELECT sink FROM outbox_sinks WHERE paused ORDER BY sink COLLATE \"C\"",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        sink: &'a str,
+        paused: bool,
+        note: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
             "INSERT INTO outbox_sinks (sink, paused, paused_at, note) VALUES ($1, $2, CASE WHEN $2 THEN $3 END, $4) \
              ON CONFLICT (sink) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at, note = excluded.note",
         )
@@ -614,20 +690,24 @@ impl PgStore {
         .bind(note)
         .execute(&self.pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
-    pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
-        // Unfinished rows through their partial indexes (`outbox_due`, `outbox_leased`; one
-        // arm each, since `status IN (..)` would prove neither index's predicate), the last
-        // hour's deliveries through `outbox_finished`, and one sequential pass for the
-        // totals over every kept final row, which no index narrows.
-        let rows = sqlx::query(
+    fn stats(&self, now: i64) -> BoxFuture<'_, Result<Vec<SinkStats>>> {
+        Box::pin(async move {
+            // Unfinished rows through their partial indexes (`outbox_due`, `outbox_leased`; one
+            // arm each, since `status IN (..)` would prove neither index's predicate), the last
+            // hour's deliveries through `outbox_finished`, and one sequential pass for the
+            // totals over every kept final row, which no index narrows.
+            let rows = sqlx::query(
             "WITH open AS ( \
-                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                SELECT sink, status, next_attempt_at, attempts, coalesce(requeued_at, created_at) AS created_at, \
+                       last_error, last_attempt_at \
                 FROM outbox WHERE status = 'pending' \
                 UNION ALL \
-                SELECT sink, status, next_attempt_at, attempts, created_at, last_error, last_attempt_at \
+                SELECT sink, status, next_attempt_at, attempts, coalesce(requeued_at, created_at) AS created_at, \
+                       last_error, last_attempt_at \
                 FROM outbox WHERE status = 'in_flight'), \
              o AS ( \
                 SELECT sink, \
@@ -649,46 +729,31 @@ impl PgStore {
                 FROM outbox WHERE status IN ('delivered', 'done') GROUP BY sink), \
              d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              sinks AS (SELECT sink FROM o UNION SELECT sink FROM f UNION SELECT sink FROM d \
-                       UNION SELECT sink FROM outbox_sinks) \
+                       UNION SELECT sink FROM outbox_sinks UNION SELECT sink FROM outbox_key_repeats) \
              SELECT s.sink, \
                coalesce(o.pending, 0) AS pending, coalesce(o.in_flight, 0) AS in_flight, \
                coalesce(o.due_now, 0) AS due_now, o.oldest, \
                coalesce(f.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
                coalesce(f.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
                coalesce(d.dead, 0) AS dead, coalesce(f.hints, 0) AS hints, \
-               coalesce(p.paused, false) AS paused, o.last_error \
+               coalesce(p.paused, false) AS paused, o.last_error, p.unconfigured_since, \
+               coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s LEFT JOIN o ON o.sink = s.sink LEFT JOIN r ON r.sink = s.sink \
                   LEFT JOIN f ON f.sink = s.sink LEFT JOIN d ON d.sink = s.sink \
                   LEFT JOIN outbox_sinks p ON p.sink = s.sink \
+                  LEFT JOIN outbox_key_repeats k ON k.sink = s.sink \
              ORDER BY s.sink COLLATE \"C\"",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SinkStats {
-                    sink: r.try_get("sink")?,
-                    pending: r.try_get("pending")?,
-                    in_flight: r.try_get("in_flight")?,
-                    due_now: r.try_get("due_now")?,
-                    oldest_pending_ms: r.try_get::<Option<i64>, _>("oldest")?.map(|t| now - t),
-                    delivered: r.try_get("delivered")?,
-                    delivered_last_hour: r.try_get("delivered_hour")?,
-                    done: r.try_get("done")?,
-                    retrying: r.try_get("retrying")?,
-                    dead: r.try_get("dead")?,
-                    hints: r.try_get("hints")?,
-                    paused: r.try_get("paused")?,
-                    last_error: r.try_get("last_error")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+            super::map_rows(&rows, |r| super::sink_stats(r, now))
+        })
     }
 
-    pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
-        let r = sqlx::query(
+    fn row<'a>(&'a self, sink: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<RowView>>> {
+        Box::pin(async move {
+            let r = sqlx::query(
             "SELECT id, sink, event_type, idempotency_key, status, attempts, next_attempt_at, last_error, hint, result \
              FROM outbox WHERE sink = $1 AND idempotency_key = $2",
         )
@@ -696,176 +761,250 @@ impl PgStore {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        r.map(|r| {
-            Ok(RowView {
-                id: r.try_get("id")?,
-                sink: r.try_get("sink")?,
-                event_type: r.try_get("event_type")?,
-                idempotency_key: r.try_get("idempotency_key")?,
-                status: r.try_get("status")?,
-                attempts: i64::from(r.try_get::<i32, _>("attempts")?),
-                next_attempt_at: r.try_get("next_attempt_at")?,
-                last_error: r.try_get("last_error")?,
-                hint: r.try_get("hint")?,
-                result: r.try_get("result")?,
-            })
+            Ok(r.as_ref().map(super::row_view).transpose()?)
         })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
     }
 
-    pub async fn dead_list(
-        &self,
-        sink: Option<&str>,
+    fn dead_list<'a>(
+        &'a self,
+        sink: Option<&'a str>,
         since: Option<i64>,
-        reason: Option<&str>,
+        reason: Option<&'a str>,
         limit: i64,
-    ) -> Result<Vec<DeadRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM outbox_dead \
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM outbox_dead \
              WHERE ($1::text IS NULL OR sink = $1) AND ($2::bigint IS NULL OR dead_at >= $2) \
                AND ($3::text IS NULL OR strpos(lower(reason), lower($3)) > 0) \
              ORDER BY id LIMIT $4",
-        )
-        .bind(sink)
-        .bind(since)
-        .bind(reason)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(dead_row)
-            .collect::<std::result::Result<_, _>>()?)
-    }
-
-    pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
-        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
+            )
+            .bind(sink)
+            .bind(since)
+            .bind(reason)
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(r.as_ref().map(dead_row).transpose()?)
+            super::map_rows(&rows, super::dead_row)
+        })
     }
 
-    pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
-        let rows = sqlx::query(
+    fn dead_get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(r.as_ref().map(super::dead_row).transpose()?)
+        })
+    }
+
+    fn attempts(&self, outbox_id: i64) -> BoxFuture<'_, Result<Vec<AttemptRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
             "SELECT attempt, started_at, duration_ms, http_status, reply_code, hint, outcome, error, reply \
              FROM outbox_attempts WHERE outbox_id = $1 ORDER BY id",
         )
         .bind(outbox_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttemptRow {
-                    attempt: i64::from(r.try_get::<i32, _>("attempt")?),
-                    started_at: r.try_get("started_at")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    http_status: r.try_get::<Option<i32>, _>("http_status")?.map(i64::from),
-                    reply_code: r.try_get("reply_code")?,
-                    hint: r.try_get("hint")?,
-                    outcome: r.try_get("outcome")?,
-                    error: r.try_get("error")?,
-                    reply: r.try_get("reply")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+            super::map_rows(&rows, super::attempt_row)
+        })
     }
 
-    pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // Locked, so two operators requeueing the same row at once requeue it once.
-        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1 FOR UPDATE")
-            .bind(dead_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Err(StoreError::NotFound(format!(
-                "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
-            )));
-        };
-        let d = dead_row(&d)?;
-        // Same id as before, so the attempt history stays attached and ordering keys keep
-        // the row's original place; a multi-step flow resumes from its last state (an
-        // lbbtech row that died while verifying verifies again, it does not start again).
-        let inserted = sqlx::query(
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            // Locked, so two operators requeueing the same row at once requeue it once.
+            let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = $1 FOR UPDATE")
+                .bind(dead_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
+                )));
+            };
+            let d = super::dead_row(&d)?;
+            let payload = match (&d.correction_payload, latest) {
+                (Some(corrected), true) => corrected,
+                _ => &d.payload,
+            };
+            // The key's record points at this row again: the known-key trigger lets an
+            // insert under the row's old id through, and only this one.
+            sqlx::query(
+                "INSERT INTO outbox_keys (sink, idempotency_key, outbox_id, first_seen) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (sink, idempotency_key) DO UPDATE SET outbox_id = excluded.outbox_id",
+            )
+            .bind(&d.sink)
+            .bind(&d.idempotency_key)
+            .bind(d.outbox_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            // Same id as before, so the attempt history stays attached and ordering keys keep
+            // the row's original place; a multi-step flow resumes from its last state (an
+            // lbbtech row that died while verifying verifies again, it does not start again).
+            let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, \
-                                 next_attempt_at, last_error, flow_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 'requeued by an operator', \
+                                 next_attempt_at, requeued_at, last_error, flow_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $7, 'requeued by an operator', \
                      (SELECT flow_state FROM outbox_dead WHERE id = $8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
         .bind(&d.sink)
         .bind(&d.event_type)
         .bind(&d.idempotency_key)
-        .bind(&d.payload)
+        .bind(payload)
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
+        .bind(d.created_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
                 "dead row {dead_id} not requeued: sink {} already has a row with key {:?} in the outbox",
                 d.sink, d.idempotency_key
             )));
-        }
-        sqlx::query("DELETE FROM outbox_dead WHERE id = $1")
-            .bind(dead_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            }
+            sqlx::query("DELETE FROM outbox_dead WHERE id = $1")
+                .bind(dead_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = $1 ORDER BY id")
-                .bind(sink)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+    fn dead_ids<'a>(&'a self, sink: &'a str) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = $1 ORDER BY id")
+                    .bind(sink)
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
     }
 
-    pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+    fn purge_dead(&self, older_than: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
             "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT outbox_id FROM outbox_dead WHERE dead_at < $1) \
                AND outbox_id NOT IN (SELECT id FROM outbox)",
         )
         .bind(older_than)
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < $1")
-            .bind(older_than)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n)
+            let n = sqlx::query("DELETE FROM outbox_dead WHERE dead_at < $1")
+                .bind(older_than)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 
-    pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
-        // One statement: both deletes see the same chosen ids.
-        let n = sqlx::query(
-            "WITH doomed AS ( \
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = now - crate::clock::ms(key_retention);
+            let done = sqlx::query(
+                "DELETE FROM outbox_keys WHERE (sink, idempotency_key) IN ( \
+                    SELECT k.sink, k.idempotency_key FROM outbox_keys k WHERE k.first_seen < $1 \
+                      AND NOT EXISTS (SELECT 1 FROM outbox o \
+                                      WHERE o.sink = k.sink AND o.idempotency_key = k.idempotency_key) \
+                      AND NOT EXISTS (SELECT 1 FROM outbox_dead d \
+                                      WHERE d.sink = k.sink AND d.idempotency_key = k.idempotency_key) \
+                    LIMIT $2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn prune_finished(&self, before: i64, batch: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            // One statement: both deletes see the same chosen ids.
+            let n = sqlx::query(
+                "WITH doomed AS ( \
                 SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < $1 \
                 ORDER BY finished_at LIMIT $2), \
              history AS (DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM doomed)) \
              DELETE FROM outbox WHERE id IN (SELECT id FROM doomed)",
-        )
-        .bind(before)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(n)
+        })
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.pool.close().await;
+        })
+    }
+
+    // The worker loop's lease guarantees (issue 12), written as inherent methods below.
+    fn cycle_renewing<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        renew: &'a [i64],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
+        Box::pin(PgStore::cycle_renewing(
+            self,
+            owner,
+            batch,
+            claims,
+            renew,
+            now,
+            lease_until,
+        ))
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [i64],
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(PgStore::renew_leases(self, owner, ids, lease_until))
+    }
+
+    fn reclaim_expired_except<'a>(
+        &'a self,
+        now: i64,
+        owner: &'a str,
+        held: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(PgStore::reclaim_expired_except(self, now, owner, held))
+    }
+
+    fn release_unsent<'a>(
+        &'a self,
+        owner: &'a str,
+        held: &'a [i64],
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(PgStore::release_unsent(self, owner, held, now))
     }
 }
 

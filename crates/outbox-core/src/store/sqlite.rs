@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -18,11 +18,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite};
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    Action, AttemptRow, Completion, DeadRow, OpenOptions, Result, RowView, SchemaState, SinkStats,
-    StoreError,
+    Action, AttemptRow, Backend, Completion, DeadRow, Engine, OpenOptions, Result, RowView,
+    SchemaState, SinkStats, StoreError,
 };
-use crate::event::{ClaimedRow, NewEvent};
+use crate::event::{ClaimedRow, NewEvent, MAX_PAYLOAD_BYTES};
 
 /// A write transaction (`BEGIN IMMEDIATE`) that leaves no trace when it fails: a connection
 /// whose transaction did not commit is taken out of the pool and closed (SQLite rolls back
@@ -106,9 +108,20 @@ where
 
 // Producers' text columns are read as bytes: SQLite stores whatever a producer wrote (a BLOB,
 // invalid UTF-8), and one such row must not make every claim of its sink fail.
+// An oversized payload (above `?6`, MAX_PAYLOAD_BYTES) is measured, not loaded.
+// Times likewise: a producer may write a REAL (`time.time() * 1000`) or text there; the
+// claim reads them cast, with their type, and marks the row instead of failing.
 const CLAIMED_COLUMNS: &str = "id, sink, CAST(event_type AS BLOB) AS event_type, \
-     CAST(idempotency_key AS BLOB) AS idempotency_key, CAST(payload AS BLOB) AS payload, \
-     CAST(ordering_key AS BLOB) AS ordering_key, created_at, attempts, flow_state, in_doubt";
+     CAST(idempotency_key AS BLOB) AS idempotency_key, \
+     CASE WHEN octet_length(payload) > ?6 THEN X'' ELSE CAST(payload AS BLOB) END AS payload, \
+     octet_length(payload) AS payload_bytes, \
+     CAST(ordering_key AS BLOB) AS ordering_key, \
+     CAST(coalesce(requeued_at, created_at) AS INTEGER) AS created_at, \
+     typeof(created_at) AS created_at_type, typeof(next_attempt_at) AS next_attempt_at_type, \
+     CAST(attempts AS INTEGER) AS attempts, flow_state, CAST(in_doubt AS INTEGER) AS in_doubt";
+
+/// The time columns a producer can set (directly, or through `not_before`).
+const PRODUCER_TIMES: [&str; 2] = ["created_at", "next_attempt_at"];
 
 /// A producer's text column, or a note saying why it is not text.
 fn producer_text(
@@ -134,13 +147,19 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
     let ordering_key = r
         .try_get::<Option<Vec<u8>>, _>("ordering_key")?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    // The worker dead-letters a row whose payload starts with NUL, naming the problem: no
-    // JSON document starts with one.
-    let payload = if bad.is_empty() {
-        payload
-    } else {
-        format!("\0{}", bad.join("; "))
-    };
+    for col in PRODUCER_TIMES {
+        let ty: String = r.try_get(format!("{col}_type").as_str())?;
+        if ty != "integer" {
+            bad.push(format!(
+                "`{col}` holds a {ty} value, not integer epoch milliseconds"
+            ));
+        }
+    }
+    let payload_bytes: i64 = r.try_get_unchecked("payload_bytes")?;
+    if payload_bytes > MAX_PAYLOAD_BYTES as i64 {
+        bad.push(super::oversized(payload_bytes));
+    }
+    let defect = (!bad.is_empty()).then(|| bad.join("; "));
     Ok(ClaimedRow {
         id: r.try_get("id")?,
         sink: r.try_get("sink")?,
@@ -152,36 +171,32 @@ fn claimed(r: &SqliteRow) -> std::result::Result<ClaimedRow, sqlx::Error> {
         attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
         flow_state: r.try_get("flow_state")?,
         in_doubt: r.try_get::<i64, _>("in_doubt")? != 0,
+        defect,
     })
 }
 
-/// A text column as a producer may have written it: text, or bytes shown lossily, so an
-/// operator can still list and inspect a row that is not valid UTF-8.
-fn lossy(r: &SqliteRow, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
-    match r.try_get::<Option<String>, _>(col) {
-        Ok(v) => Ok(v),
-        Err(_) => Ok(r
-            .try_get_unchecked::<Option<Vec<u8>>, _>(col)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+impl super::Cols for SqliteRow {
+    fn int(&self, col: &str) -> std::result::Result<i64, sqlx::Error> {
+        Ok(self.opt_int(col)?.unwrap_or_default())
     }
-}
-
-fn dead_row(r: &SqliteRow) -> std::result::Result<DeadRow, sqlx::Error> {
-    Ok(DeadRow {
-        id: r.try_get("id")?,
-        outbox_id: r.try_get("outbox_id")?,
-        sink: lossy(r, "sink")?.unwrap_or_default(),
-        event_type: lossy(r, "event_type")?.unwrap_or_default(),
-        idempotency_key: lossy(r, "idempotency_key")?.unwrap_or_default(),
-        payload: lossy(r, "payload")?.unwrap_or_default(),
-        ordering_key: lossy(r, "ordering_key")?,
-        created_at: r.try_get("created_at")?,
-        attempts: r.try_get("attempts")?,
-        reason: r.try_get("reason")?,
-        last_reply: r.try_get("last_reply")?,
-        dead_at: r.try_get("dead_at")?,
-        flow_state: r.try_get("flow_state")?,
-    })
+    /// SQLite's own conversion (a REAL truncated, text parsed): a producer's odd value in
+    /// a time column must not break listing or status.
+    fn opt_int(&self, col: &str) -> std::result::Result<Option<i64>, sqlx::Error> {
+        self.try_get_unchecked(col)
+    }
+    /// Text, or bytes shown lossily, so an operator can still list and inspect a row a
+    /// producer wrote as a BLOB or invalid UTF-8.
+    fn opt_text(&self, col: &str) -> std::result::Result<Option<String>, sqlx::Error> {
+        match self.try_get::<Option<String>, _>(col) {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(self
+                .try_get_unchecked::<Option<Vec<u8>>, _>(col)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())),
+        }
+    }
+    fn flag(&self, col: &str) -> std::result::Result<bool, sqlx::Error> {
+        Ok(self.try_get::<i64, _>(col)? != 0)
+    }
 }
 
 impl SqliteStore {
@@ -199,7 +214,7 @@ impl SqliteStore {
         if let Some(p) = &path {
             if !opts.create && !p.exists() {
                 return Err(StoreError::Schema(format!(
-                    "database file {} does not exist: run `outbox-migrate --database-url {url}` to create it",
+                    "database file {} does not exist (is its volume mounted?): to create a new, empty outbox there, run `outbox-migrate --create --database-url {url}`",
                     p.display()
                 )));
             }
@@ -234,13 +249,6 @@ impl SqliteStore {
         Some((m.modified().ok()?, m.len()))
     }
 
-    pub async fn migrate(&self) -> Result<Vec<i64>> {
-        let before = self.applied().await?;
-        MIGRATOR.run(&self.pool).await?;
-        let after = self.applied().await?;
-        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
-    }
-
     async fn applied(&self) -> Result<Vec<i64>> {
         let exists: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
@@ -255,55 +263,6 @@ impl SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    pub async fn schema_state(&self) -> Result<SchemaState> {
-        let applied = self.applied().await?;
-        Ok(super::compare_schema(
-            &applied,
-            MIGRATOR.iter().map(|m| m.version),
-        ))
-    }
-
-    pub async fn enqueue(&self, ev: &NewEvent) -> Result<bool> {
-        enqueue_in(&self.pool, ev).await
-    }
-
-    pub async fn claim(
-        &self,
-        sink: &str,
-        owner: &str,
-        limit: u32,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Vec<ClaimedRow>> {
-        let mut conn = self.pool.acquire().await?;
-        claim_in(&mut conn, sink, owner, limit, now, lease_until).await
-    }
-
-    /// One transaction (one fsync) for a whole worker cycle: the verdicts of finished
-    /// deliveries, then new claims for the sinks with free slots. Returns the lost-lease
-    /// count and the claimed rows per requested sink.
-    pub async fn cycle(
-        &self,
-        owner: &str,
-        batch: &[Completion],
-        claims: &[(String, u32)],
-        now: i64,
-        lease_until: i64,
-    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let lost = if batch.is_empty() {
-            0
-        } else {
-            complete_in(&mut tx, owner, batch, now).await?
-        };
-        let mut claimed = Vec::with_capacity(claims.len());
-        for (sink, limit) in claims {
-            claimed.push(claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
-        }
-        tx.commit().await?;
-        Ok((lost, claimed))
     }
 }
 
@@ -336,6 +295,7 @@ async fn claim_in(
         .bind(now)
         .bind(sink)
         .bind(i64::from(limit))
+        .bind(MAX_PAYLOAD_BYTES as i64)
         .fetch_all(&mut *conn)
         .await?;
     let mut claimed_rows = rows
@@ -345,53 +305,6 @@ async fn claim_in(
     // RETURNING order is unspecified; deliver in due order.
     claimed_rows.sort_by_key(|r| r.id);
     Ok(claimed_rows)
-}
-
-impl SqliteStore {
-    pub async fn reclaim_expired(&self, now: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET status = 'pending', in_doubt = 1, next_attempt_at = ?1, \
-                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
-                    lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'in_flight' AND lease_expires_at < ?1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    pub async fn dead_letter_unknown_sinks(&self, known: &[String], now: i64) -> Result<u64> {
-        let known_json = serde_json::to_string(known).expect("strings serialise");
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let filter = "status = 'pending' AND next_attempt_at <= ?1 \
-                      AND sink NOT IN (SELECT value FROM json_each(?2))";
-        sqlx::query(&format!(
-            "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                      created_at, attempts, reason, last_reply, flow_state, dead_at) \
-             SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                    'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
-                    NULL, flow_state, ?1 FROM outbox WHERE {filter}"
-        ))
-        .bind(now)
-        .bind(&known_json)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query(&format!("DELETE FROM outbox WHERE {filter}"))
-            .bind(now)
-            .bind(&known_json)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
-    }
-
-    pub async fn complete(&self, owner: &str, batch: &[Completion], now: i64) -> Result<u64> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let lost = complete_in(&mut tx, owner, batch, now).await?;
-        tx.commit().await?;
-        Ok(lost)
-    }
 }
 
 async fn complete_in(
@@ -494,18 +407,19 @@ async fn complete_in(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),
-                Action::Dead { reason, last_reply } => {
+                Action::Dead { kind, reason, last_reply } => {
                     let moved = sqlx::query(&format!(
                         "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
-                                                  created_at, attempts, reason, last_reply, flow_state, dead_at) \
+                                                  created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
                          SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, \
-                                ?3, ?4, flow_state, ?5 FROM outbox WHERE {owned}"
+                                ?6, ?3, ?4, flow_state, ?5 FROM outbox WHERE {owned}"
                     ))
                     .bind(c.id)
                     .bind(owner)
                     .bind(reason)
                     .bind(last_reply)
                     .bind(now)
+                    .bind(kind.as_str())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -549,17 +463,167 @@ async fn complete_in(
     Ok(lost)
 }
 
-impl SqliteStore {
-    pub async fn paused_sinks(&self) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused = 1 ORDER BY sink")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+impl Backend for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
     }
 
-    pub async fn set_paused(&self, sink: &str, paused: bool, note: Option<&str>) -> Result<()> {
-        sqlx::query(
+    fn engine(&self) -> Engine<'_> {
+        Engine::Sqlite(self)
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let before = self.applied().await?;
+            MIGRATOR.run(&self.pool).await?;
+            let after = self.applied().await?;
+            Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+        })
+    }
+
+    fn schema_state(&self) -> BoxFuture<'_, Result<SchemaState>> {
+        Box::pin(async move {
+            let applied = self.applied().await?;
+            Ok(super::compare_schema(
+                &applied,
+                MIGRATOR.iter().map(|m| m.version),
+            ))
+        })
+    }
+
+    fn enqueue<'a>(&'a self, ev: &'a NewEvent) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { enqueue_in(&self.pool, ev).await })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        sink: &'a str,
+        owner: &'a str,
+        limit: u32,
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedRow>>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            claim_in(&mut conn, sink, owner, limit, now, lease_until).await
+        })
+    }
+
+    /// One transaction (one fsync) for a whole worker cycle: the verdicts of finished
+    /// deliveries, then new claims for the sinks with free slots. Returns the lost-lease
+    /// count and the claimed rows per requested sink.
+    fn cycle<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
+        Box::pin(async move {
+            let mut tx = WriteTx::begin(&self.pool).await?;
+            let lost = if batch.is_empty() {
+                0
+            } else {
+                complete_in(&mut tx, owner, batch, now).await?
+            };
+            let mut claimed = Vec::with_capacity(claims.len());
+            for (sink, limit) in claims {
+                claimed.push(claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
+            }
+            tx.commit().await?;
+            Ok((lost, claimed))
+        })
+    }
+
+    fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+            "UPDATE outbox SET status = 'pending', in_doubt = 1, next_attempt_at = ?1, \
+                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                    lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'in_flight' AND lease_expires_at < ?1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn dead_letter_unknown_sinks<'a>(
+        &'a self,
+        known: &'a [String],
+        max_age: Duration,
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let known_json = serde_json::to_string(known).expect("strings serialise");
+            let mut tx = WriteTx::begin(&self.pool).await?;
+            sqlx::query(
+                "INSERT INTO outbox_sinks (sink, unconfigured_since) \
+                 SELECT DISTINCT sink, ?1 FROM outbox \
+                 WHERE status = 'pending' AND sink NOT IN (SELECT value FROM json_each(?2)) \
+                 ON CONFLICT (sink) DO UPDATE SET unconfigured_since = coalesce(unconfigured_since, excluded.unconfigured_since)",
+            )
+            .bind(now)
+            .bind(&known_json)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE outbox_sinks SET unconfigured_since = NULL \
+                 WHERE unconfigured_since IS NOT NULL \
+                   AND (sink IN (SELECT value FROM json_each(?1)) \
+                        OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sink = outbox_sinks.sink AND o.status = 'pending'))",
+            )
+            .bind(&known_json)
+            .execute(&mut *tx)
+            .await?;
+            let filter = "status = 'pending' AND next_attempt_at <= ?1 \
+                          AND sink NOT IN (SELECT value FROM json_each(?2)) \
+                          AND coalesce(requeued_at, created_at) <= ?3";
+            let oldest = now - crate::clock::ms(max_age);
+            sqlx::query(&format!(
+                "INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, ordering_key, \
+                                          created_at, attempts, kind, reason, last_reply, flow_state, dead_at) \
+                 SELECT id, sink, event_type, idempotency_key, payload, ordering_key, created_at, attempts, 'unknown_sink', \
+                        'sink ' || quote(sink) || ' is not configured: add [sinks.' || sink || '] to the config, or fix the producer, then requeue', \
+                        NULL, flow_state, ?1 FROM outbox WHERE {filter}"
+            ))
+            .bind(now)
+            .bind(&known_json)
+            .bind(oldest)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(&format!("DELETE FROM outbox WHERE {filter}"))
+                .bind(now)
+                .bind(&known_json)
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn paused_sinks(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT sink FROM outbox_sinks WHERE paused = 1 ORDER BY sink")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        sink: &'a str,
+        paused: bool,
+        note: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
             "INSERT INTO outbox_sinks (sink, paused, paused_at, note) VALUES (?1, ?2, CASE WHEN ?2 THEN ?3 END, ?4) \
              ON CONFLICT (sink) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at, note = excluded.note",
         )
@@ -569,23 +633,25 @@ impl SqliteStore {
         .bind(note)
         .execute(&self.pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
-    pub async fn stats(&self, now: i64) -> Result<Vec<SinkStats>> {
-        // One statement (one snapshot), one pass per figure group, each through the index
-        // that holds just those rows: pending rows via `outbox_due`, in-flight via
-        // `outbox_leased`, the last hour's deliveries via `outbox_finished`. `INDEXED BY`
-        // pins them: grouping by sink, the planner otherwise prefers walking the
-        // (sink, idempotency_key) index over the whole table. Only the totals over every
-        // kept final row (delivered, done, hints) need a full pass: sequential, and once.
-        let rows = sqlx::query(
+    fn stats(&self, now: i64) -> BoxFuture<'_, Result<Vec<SinkStats>>> {
+        Box::pin(async move {
+            // One statement (one snapshot), one pass per figure group, each through the index
+            // that holds just those rows: pending rows via `outbox_due`, in-flight via
+            // `outbox_leased`, the last hour's deliveries via `outbox_finished`. `INDEXED BY`
+            // pins them: grouping by sink, the planner otherwise prefers walking the
+            // (sink, idempotency_key) index over the whole table. Only the totals over every
+            // kept final row (delivered, done, hints) need a full pass: sequential, and once.
+            let rows = sqlx::query(
             "WITH pending AS ( \
                 SELECT sink, count(*) AS pending, sum(next_attempt_at <= ?1) AS due_now, \
-                       sum(attempts > 0) AS retrying, min(created_at) AS oldest \
+                       sum(attempts > 0) AS retrying, min(coalesce(requeued_at, created_at)) AS oldest \
                 FROM outbox INDEXED BY outbox_due WHERE status = 'pending' GROUP BY sink), \
              flight AS ( \
-                SELECT sink, count(*) AS in_flight, min(created_at) AS oldest \
+                SELECT sink, count(*) AS in_flight, min(coalesce(requeued_at, created_at)) AS oldest \
                 FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight' GROUP BY sink), \
              recent AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox INDEXED BY outbox_finished \
@@ -606,7 +672,8 @@ impl SqliteStore {
                 GROUP BY sink), \
              sinks AS ( \
                 SELECT sink FROM pending UNION SELECT sink FROM flight UNION SELECT sink FROM final \
-                UNION SELECT sink FROM dead UNION SELECT sink FROM outbox_sinks) \
+                UNION SELECT sink FROM dead UNION SELECT sink FROM outbox_sinks \
+                UNION SELECT sink FROM outbox_key_repeats) \
              SELECT s.sink AS sink, \
                     coalesce(p.pending, 0) AS pending, coalesce(f.in_flight, 0) AS in_flight, \
                     coalesce(p.due_now, 0) AS due_now, \
@@ -614,7 +681,9 @@ impl SqliteStore {
                     coalesce(x.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
                     coalesce(x.done, 0) AS done, coalesce(p.retrying, 0) AS retrying, \
                     coalesce(d.dead, 0) AS dead, coalesce(x.hints, 0) AS hints, \
-                    coalesce(z.paused, 0) AS paused, e.last_error AS last_error \
+                    coalesce(z.paused, 0) AS paused, e.last_error AS last_error, \
+                    z.unconfigured_since AS unconfigured_since, \
+                    coalesce(k.ignored, 0) AS ignored_reinserts \
              FROM sinks s \
              LEFT JOIN pending p ON p.sink = s.sink \
              LEFT JOIN flight f ON f.sink = s.sink \
@@ -623,35 +692,19 @@ impl SqliteStore {
              LEFT JOIN dead d ON d.sink = s.sink \
              LEFT JOIN errors e ON e.sink = s.sink \
              LEFT JOIN outbox_sinks z ON z.sink = s.sink \
+             LEFT JOIN outbox_key_repeats k ON k.sink = s.sink \
              ORDER BY s.sink",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SinkStats {
-                    sink: lossy(r, "sink")?.unwrap_or_default(),
-                    pending: r.try_get("pending")?,
-                    in_flight: r.try_get("in_flight")?,
-                    due_now: r.try_get("due_now")?,
-                    oldest_pending_ms: r.try_get::<Option<i64>, _>("oldest")?.map(|t| now - t),
-                    delivered: r.try_get("delivered")?,
-                    delivered_last_hour: r.try_get("delivered_hour")?,
-                    done: r.try_get("done")?,
-                    retrying: r.try_get("retrying")?,
-                    dead: r.try_get("dead")?,
-                    hints: r.try_get("hints")?,
-                    paused: r.try_get::<i64, _>("paused")? != 0,
-                    last_error: r.try_get("last_error")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+            super::map_rows(&rows, |r| super::sink_stats(r, now))
+        })
     }
 
-    pub async fn row(&self, sink: &str, key: &str) -> Result<Option<RowView>> {
-        let r = sqlx::query(
+    fn row<'a>(&'a self, sink: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<RowView>>> {
+        Box::pin(async move {
+            let r = sqlx::query(
             "SELECT id, sink, event_type, idempotency_key, status, attempts, next_attempt_at, last_error, hint, result \
              FROM outbox WHERE sink = ?1 AND idempotency_key = ?2",
         )
@@ -659,157 +712,153 @@ impl SqliteStore {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        r.map(|r| {
-            Ok(RowView {
-                id: r.try_get("id")?,
-                sink: r.try_get("sink")?,
-                event_type: r.try_get("event_type")?,
-                idempotency_key: r.try_get("idempotency_key")?,
-                status: r.try_get("status")?,
-                attempts: r.try_get("attempts")?,
-                next_attempt_at: r.try_get("next_attempt_at")?,
-                last_error: r.try_get("last_error")?,
-                hint: r.try_get("hint")?,
-                result: r.try_get("result")?,
-            })
+            Ok(r.as_ref().map(super::row_view).transpose()?)
         })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
     }
 
-    pub async fn dead_list(
-        &self,
-        sink: Option<&str>,
+    fn dead_list<'a>(
+        &'a self,
+        sink: Option<&'a str>,
         since: Option<i64>,
-        reason: Option<&str>,
+        reason: Option<&'a str>,
         limit: i64,
-    ) -> Result<Vec<DeadRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM outbox_dead \
+    ) -> BoxFuture<'a, Result<Vec<DeadRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM outbox_dead \
              WHERE (?1 IS NULL OR sink = ?1) AND (?2 IS NULL OR dead_at >= ?2) \
                AND (?3 IS NULL OR instr(lower(reason), lower(?3)) > 0) \
              ORDER BY id LIMIT ?4",
-        )
-        .bind(sink)
-        .bind(since)
-        .bind(reason)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(dead_row)
-            .collect::<std::result::Result<_, _>>()?)
-    }
-
-    pub async fn dead_get(&self, id: i64) -> Result<Option<DeadRow>> {
-        let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
+            )
+            .bind(sink)
+            .bind(since)
+            .bind(reason)
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(r.as_ref().map(dead_row).transpose()?)
+            super::map_rows(&rows, super::dead_row)
+        })
     }
 
-    pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
-        let rows = sqlx::query(
+    fn dead_get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadRow>>> {
+        Box::pin(async move {
+            let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(r.as_ref().map(super::dead_row).transpose()?)
+        })
+    }
+
+    fn attempts(&self, outbox_id: i64) -> BoxFuture<'_, Result<Vec<AttemptRow>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
             "SELECT attempt, started_at, duration_ms, http_status, reply_code, hint, outcome, error, reply \
              FROM outbox_attempts WHERE outbox_id = ?1 ORDER BY id",
         )
         .bind(outbox_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttemptRow {
-                    attempt: r.try_get("attempt")?,
-                    started_at: r.try_get("started_at")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    http_status: r.try_get("http_status")?,
-                    reply_code: r.try_get("reply_code")?,
-                    hint: r.try_get("hint")?,
-                    outcome: r.try_get("outcome")?,
-                    error: r.try_get("error")?,
-                    reply: r.try_get("reply")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+            super::map_rows(&rows, super::attempt_row)
+        })
     }
 
-    pub async fn requeue(&self, dead_id: i64, now: i64) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
-            .bind(dead_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Err(StoreError::NotFound(format!(
-                "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
-            )));
-        };
-        let d = dead_row(&d)?;
-        // Same id as before, so the attempt history stays attached and ordering keys keep
-        // the row's original place; a multi-step flow resumes from its last state (an
-        // lbbtech row that died while verifying verifies again, it does not start again).
-        let inserted = sqlx::query(
+    fn requeue(&self, dead_id: i64, now: i64, latest: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = WriteTx::begin(&self.pool).await?;
+            let Some(d) = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
+                .bind(dead_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "no dead-lettered row with id {dead_id} (see `outboxd dead list`)"
+                )));
+            };
+            let d = super::dead_row(&d)?;
+            let payload = match (&d.correction_payload, latest) {
+                (Some(corrected), true) => corrected,
+                _ => &d.payload,
+            };
+            // The key's record points at this row again: the known-key trigger lets an
+            // insert under the row's old id through, and only this one.
+            sqlx::query(
+                "INSERT INTO outbox_keys (sink, idempotency_key, outbox_id, first_seen) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (sink, idempotency_key) DO UPDATE SET outbox_id = excluded.outbox_id",
+            )
+            .bind(&d.sink)
+            .bind(&d.idempotency_key)
+            .bind(d.outbox_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            // Same id as before, so the attempt history stays attached and ordering keys keep
+            // the row's original place; a multi-step flow resumes from its last state (an
+            // lbbtech row that died while verifying verifies again, it does not start again).
+            let inserted = sqlx::query(
             "INSERT INTO outbox (id, sink, event_type, idempotency_key, payload, ordering_key, created_at, next_attempt_at, \
-                                 last_error, flow_state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 'requeued by an operator', \
+                                 requeued_at, last_error, flow_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?9, ?7, ?7, 'requeued by an operator', \
                      (SELECT flow_state FROM outbox_dead WHERE id = ?8)) ON CONFLICT DO NOTHING",
         )
         .bind(d.outbox_id)
         .bind(&d.sink)
         .bind(&d.event_type)
         .bind(&d.idempotency_key)
-        .bind(&d.payload)
+        .bind(payload)
         .bind(&d.ordering_key)
         .bind(now)
         .bind(dead_id)
+        .bind(d.created_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Err(StoreError::Conflict(format!(
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
                 "dead row {dead_id} not requeued: sink {} already has a row with key {:?} in the outbox",
                 d.sink, d.idempotency_key
             )));
-        }
-        sqlx::query("DELETE FROM outbox_dead WHERE id = ?1")
-            .bind(dead_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn dead_ids(&self, sink: &str) -> Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = ?1 ORDER BY id")
-                .bind(sink)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    pub async fn purge_dead(&self, older_than: i64) -> Result<u64> {
-        // A batch per write transaction: one statement over a large dead-letter table would
-        // hold SQLite's only write lock long enough to stall the daemon (about 1 s per
-        // 100k rows with their history).
-        const BATCH: i64 = 1000;
-        let mut purged = 0;
-        loop {
-            let mut tx = WriteTx::begin(&self.pool).await?;
-            let ids: Vec<i64> =
-                sqlx::query_scalar("SELECT id FROM outbox_dead WHERE dead_at < ?1 LIMIT ?2")
-                    .bind(older_than)
-                    .bind(BATCH)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            if ids.is_empty() {
-                return Ok(purged);
             }
-            let ids_json = serde_json::to_string(&ids).expect("integers serialise");
-            sqlx::query(
+            sqlx::query("DELETE FROM outbox_dead WHERE id = ?1")
+                .bind(dead_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn dead_ids<'a>(&'a self, sink: &'a str) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT id FROM outbox_dead WHERE sink = ?1 ORDER BY id")
+                    .bind(sink)
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
+    fn purge_dead(&self, older_than: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            // A batch per write transaction: one statement over a large dead-letter table would
+            // hold SQLite's only write lock long enough to stall the daemon (about 1 s per
+            // 100k rows with their history).
+            const BATCH: i64 = 1000;
+            let mut purged = 0;
+            loop {
+                let mut tx = WriteTx::begin(&self.pool).await?;
+                let ids: Vec<i64> =
+                    sqlx::query_scalar("SELECT id FROM outbox_dead WHERE dead_at < ?1 LIMIT ?2")
+                        .bind(older_than)
+                        .bind(BATCH)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if ids.is_empty() {
+                    return Ok(purged);
+                }
+                let ids_json = serde_json::to_string(&ids).expect("integers serialise");
+                sqlx::query(
                 "DELETE FROM outbox_attempts WHERE outbox_id IN \
                    (SELECT outbox_id FROM outbox_dead WHERE id IN (SELECT value FROM json_each(?1))) \
                    AND outbox_id NOT IN (SELECT id FROM outbox)",
@@ -817,50 +866,128 @@ impl SqliteStore {
             .bind(&ids_json)
             .execute(&mut *tx)
             .await?;
-            purged += sqlx::query(
-                "DELETE FROM outbox_dead WHERE id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(&ids_json)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            if (ids.len() as i64) < BATCH {
-                return Ok(purged);
+                purged += sqlx::query(
+                    "DELETE FROM outbox_dead WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(&ids_json)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                if (ids.len() as i64) < BATCH {
+                    return Ok(purged);
+                }
             }
-        }
+        })
     }
 
-    pub async fn prune_finished(&self, before: i64, batch: i64) -> Result<u64> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
+    fn prune_keys(
+        &self,
+        now: i64,
+        key_retention: Duration,
+        batch: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = now - crate::clock::ms(key_retention);
+            let done = sqlx::query(
+                "DELETE FROM outbox_keys WHERE rowid IN ( \
+                    SELECT k.rowid FROM outbox_keys k WHERE k.first_seen < ?1 \
+                      AND NOT EXISTS (SELECT 1 FROM outbox o \
+                                      WHERE o.sink = k.sink AND o.idempotency_key = k.idempotency_key) \
+                      AND NOT EXISTS (SELECT 1 FROM outbox_dead d \
+                                      WHERE d.sink = k.sink AND d.idempotency_key = k.idempotency_key) \
+                    LIMIT ?2)",
+            )
+            .bind(before)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn prune_finished(&self, before: i64, batch: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut tx = WriteTx::begin(&self.pool).await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
         )
         .bind(before)
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let ids_json = serde_json::to_string(&ids).expect("integers serialise");
-        sqlx::query(
-            "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(&ids_json)
-        .execute(&mut *tx)
-        .await?;
-        let n = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let ids_json = serde_json::to_string(&ids).expect("integers serialise");
+            sqlx::query(
+                "DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT value FROM json_each(?1))",
+            )
             .bind(&ids_json)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n)
+            .await?;
+            let n = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(&ids_json)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.pool.close().await;
+        })
+    }
+
+    // The worker loop's lease guarantees (issue 12), written as inherent methods below.
+    fn cycle_renewing<'a>(
+        &'a self,
+        owner: &'a str,
+        batch: &'a [Completion],
+        claims: &'a [(String, u32)],
+        renew: &'a [i64],
+        now: i64,
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
+        Box::pin(SqliteStore::cycle_renewing(
+            self,
+            owner,
+            batch,
+            claims,
+            renew,
+            now,
+            lease_until,
+        ))
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [i64],
+        lease_until: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(SqliteStore::renew_leases(self, owner, ids, lease_until))
+    }
+
+    fn reclaim_expired_except<'a>(
+        &'a self,
+        now: i64,
+        owner: &'a str,
+        held: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(SqliteStore::reclaim_expired_except(self, now, owner, held))
+    }
+
+    fn release_unsent<'a>(
+        &'a self,
+        owner: &'a str,
+        held: &'a [i64],
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(SqliteStore::release_unsent(self, owner, held, now))
     }
 }
 

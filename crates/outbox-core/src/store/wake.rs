@@ -51,15 +51,12 @@ impl Wake {
     }
 
     fn signature(&self) -> Option<(SystemTime, u64)> {
-        match &self.store {
-            Store::Sqlite(s) => s.wal_signature(),
-            Store::Postgres(_) => None,
-        }
+        self.store.sqlite().and_then(|s| s.wal_signature())
     }
 
     /// Resolves at `deadline`, or earlier when another writer changed the database.
     pub async fn changed_or(&mut self, deadline: Instant) {
-        if let Store::Postgres(pg) = &self.store {
+        if let Some(pg) = self.store.postgres() {
             if self.listener.is_none() {
                 self.listener = Some(tokio::spawn(listen(pg.clone(), self.notified.clone())));
             }
@@ -71,7 +68,7 @@ impl Wake {
             }
             return;
         }
-        if let (Store::Sqlite(sq), false) = (&self.store, self.stat_polling) {
+        if let (Some(sq), false) = (self.store.sqlite(), self.stat_polling) {
             if self.listener.is_none() {
                 match sq.path().map(|p| watch_wal(p, self.notified.clone())) {
                     Some(Ok(task)) => self.listener = Some(task),

@@ -14,7 +14,7 @@ use crate::event::ClaimedRow;
 use crate::outcome::{AttemptInfo, StepOutcome, Verdict};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sinks::Sink;
-use crate::store::{Action, Completion};
+use crate::store::{Action, Completion, DeadKind};
 
 /// A delivery task's row, remembered by task id so a panicked or aborted task still names
 /// its row.
@@ -45,6 +45,7 @@ pub fn decide(
                 error: reason.to_string(),
             },
             Decision::GiveUp(why) => Action::Dead {
+                kind: DeadKind::Expired,
                 reason: format!("{why}; last error: {reason}"),
                 last_reply: None,
             },
@@ -64,11 +65,13 @@ pub fn decide(
             retry_after,
         } => retry(reason, *retry_after),
         Verdict::Permanent { reason } => Action::Dead {
+            kind: DeadKind::Permanent,
             reason: reason.clone(),
             last_reply: None,
         },
         Verdict::Ambiguous { reason } if sink.retry_ambiguous() => retry(reason, None),
         Verdict::Ambiguous { reason } => Action::Dead {
+            kind: DeadKind::Unknown,
             reason: reason.clone(),
             last_reply: None,
         },
@@ -87,13 +90,13 @@ pub fn decide(
 /// Checks a claimed row before its sink sees it: wrong event type, oversized payload.
 pub(crate) fn precheck(row: &ClaimedRow, name: &str, sink: &Sink) -> Option<String> {
     // The store marks a row whose columns are not text (see store/sqlite.rs).
-    if let Some(problem) = row.payload.strip_prefix('\0') {
+    if let Some(problem) = &row.defect {
         return Some(format!(
-            "the row cannot be read as text: {problem}; fix the producer"
+            "the row cannot be read: {problem}; fix the producer"
         ));
     }
-    let expected = sink.event_type();
-    if row.event_type != expected.as_str() {
+    let expected = sink.event_types_text();
+    if !sink.accepts(&row.event_type) {
         return Some(format!("sink {name} (type {}) delivers {expected} events, not {:?}: fix the producer's event_type or sink", sink.type_name(), row.event_type));
     }
     if row.payload.len() > MAX_PAYLOAD_BYTES {
@@ -144,7 +147,7 @@ pub(crate) fn finish(
                 id: f.row_id,
                 sink: slot.name.clone(),
                 attempt: f.attempt,
-                action: Action::Dead { reason: format!("internal error while delivering (panic: {msg}); please report it with this row"), last_reply: None },
+                action: Action::Dead { kind: DeadKind::Internal, reason: format!("internal error while delivering (panic: {msg}); please report it with this row"), last_reply: None },
                 info: Some(AttemptInfo { started_at: now, error: Some(format!("panic: {msg}")), ..Default::default() }),
                 outcome_label: "panic",
             }
@@ -172,8 +175,15 @@ fn verdict_completion(
 ) -> Completion {
     let unit = rand::rng().random::<f64>();
     let mut action = decide(&outcome.verdict, &row, &slot.sink, &slot.policy, now, unit);
-    if let Action::Dead { last_reply, .. } = &mut action {
+    if let Action::Dead {
+        kind, last_reply, ..
+    } = &mut action
+    {
         last_reply.clone_from(&outcome.info.reply);
+        // A row the precheck refused was never sent (same check, same answer).
+        if precheck(&row, &slot.name, &slot.sink).is_some() {
+            *kind = DeadKind::Invalid;
+        }
     }
     log_verdict(&slot.name, &row, &outcome, &action);
     Completion {
@@ -256,6 +266,7 @@ mod tests {
             attempts,
             flow_state: None,
             in_doubt: false,
+            defect: None,
         }
     }
 
@@ -334,6 +345,7 @@ mod tests {
                 reason: "bad".into()
             }),
             Action::Dead {
+                kind: DeadKind::Permanent,
                 reason: "bad".into(),
                 last_reply: None
             }
@@ -372,9 +384,9 @@ mod tests {
             .unwrap()
             .contains("byte limit"));
         let mut bytes = row(1, 0);
-        bytes.payload = "\0`payload` is not valid UTF-8 text (3 bytes)".into();
+        bytes.defect = Some("`payload` is not valid UTF-8 text (3 bytes)".into());
         assert!(precheck(&bytes, "pyun", &sink)
             .unwrap()
-            .starts_with("the row cannot be read as text"));
+            .starts_with("the row cannot be read"));
     }
 }

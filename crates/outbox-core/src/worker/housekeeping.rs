@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 /// changed. `owner` holds `held`: those rows are not reclaimed.
 pub(crate) async fn housekeep(
     store: &Store,
-    known: &[String],
+    (known, unknown_hold): (&[String], Duration),
     (owner, held): (&str, &[i64]),
     now: i64,
     counters: &Counters,
@@ -27,11 +27,15 @@ pub(crate) async fn housekeep(
             "reclaimed rows whose lease expired (a worker stopped mid-delivery)"
         );
     }
-    let unknown = store.dead_letter_unknown_sinks(known, now).await?;
+    // Not configured here: held (counted in status), dead-lettered only after max_age, so
+    // workers whose configs differ, or a renamed sink, do not dead-letter each other's rows.
+    let unknown = store
+        .dead_letter_unknown_sinks(known, unknown_hold, now)
+        .await?;
     if unknown > 0 {
         tracing::warn!(
             rows = unknown,
-            "dead-lettered rows addressed to sinks that are not configured"
+            "dead-lettered rows addressed to sinks that are not configured, older than max_age"
         );
         counters.dead.fetch_add(unknown, Ordering::Relaxed);
     }
@@ -51,6 +55,13 @@ pub(crate) async fn retention_task(store: Store, retention: Duration) {
             Ok(n) => {
                 if n > 0 {
                     tracing::debug!(rows = n, "pruned finished rows past retention");
+                }
+                // Keys outlive their rows by far (400 days): forget the oldest few.
+                if let Err(e) = store
+                    .prune_keys(now_ms(), crate::store::DEFAULT_KEY_RETENTION, BATCH)
+                    .await
+                {
+                    tracing::debug!(error = %e, "pruning keys failed; trying again later");
                 }
                 idle
             }

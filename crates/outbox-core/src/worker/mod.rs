@@ -39,9 +39,8 @@ use decide::{finish, InFlight, Joined};
 use health::DbHealth;
 use slots::{ClaimPlan, SinkSlot};
 
-/// Payloads above this are dead-lettered unread: no platform here takes more than a few KB,
-/// and a runaway producer must not make the daemon hold megabytes per row.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Payloads above this are dead-lettered unread (the claim measures them in SQL).
+pub use crate::event::MAX_PAYLOAD_BYTES;
 
 /// Why a store call of the loop failed: the database said no, or did not answer in time.
 #[derive(Debug, thiserror::Error)]
@@ -346,9 +345,16 @@ impl<'c> Worker<'c> {
             Ok(paused) => {
                 self.paused = Some(paused);
                 let held = self.held_ids();
+                // Rows of sinks this config lacks are held until the longest max_age here.
+                let unknown_hold = self
+                    .slots
+                    .iter()
+                    .map(|s| s.policy.max_age)
+                    .max()
+                    .unwrap_or_default();
                 let pass = housekeeping::housekeep(
                     &self.store,
-                    &self.known,
+                    (&self.known, unknown_hold),
                     (&self.owner, &held),
                     now_ms(),
                     &self.counters,

@@ -65,7 +65,7 @@ pub struct Epeis {
 
 impl Platform for Epeis {
     const TYPE: &'static str = "epeis";
-    const EVENT_TYPE: EventType = EventType::Dosage;
+    const EVENT_TYPES: &'static [EventType] = &[EventType::Dosage];
     type Config = EpeisConfig;
 
     fn check_config(

@@ -696,6 +696,7 @@ fn row(payload: &Value, in_doubt: bool) -> ClaimedRow {
         attempts: 2,
         flow_state: None,
         in_doubt,
+        defect: None,
     }
 }
 

@@ -101,7 +101,7 @@ pub struct Lbbtech {
 
 impl Platform for Lbbtech {
     const TYPE: &'static str = "lbbtech";
-    const EVENT_TYPE: EventType = EventType::ChargeStart;
+    const EVENT_TYPES: &'static [EventType] = &[EventType::ChargeStart];
     type Config = LbbtechConfig;
 
     fn check_config(

@@ -281,6 +281,7 @@ fn in_doubt_row_without_state_is_unknown_without_sending() {
         attempts: 2,
         flow_state: None,
         in_doubt: true,
+        defect: None,
     };
     assert!(before_start(&row).as_ref().is_some_and(is_unknown));
     row.in_doubt = false;
@@ -616,6 +617,7 @@ async fn the_token_never_reaches_an_attempt_record() {
         attempts: 1,
         flow_state: None,
         in_doubt: false,
+        defect: None,
     };
     let out = sink.deliver(&row).await;
     let all = format!("{out:?}");

@@ -42,7 +42,7 @@ pub struct Pyun {
 
 impl Platform for Pyun {
     const TYPE: &'static str = "pyun";
-    const EVENT_TYPE: EventType = EventType::ChargeEnd;
+    const EVENT_TYPES: &'static [EventType] = &[EventType::ChargeEnd];
     type Config = PyunConfig;
 
     fn check_config(

@@ -255,3 +255,47 @@ async fn the_sinks_own_proxy_is_used() {
         "{request}"
     );
 }
+
+/// A platform with several secrets (T/CEC) and a bearer token: the token is sent in the
+/// `Authorization` header, and the reply is scrubbed of every secret and of the token.
+#[tokio::test]
+async fn every_secret_and_the_bearer_token_are_scrubbed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let body = "echo main-secret-1 more-secret-2 more-secret-3 token-abc-123";
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(reply.as_bytes()).await;
+    });
+    let sender = sender("main-secret-1")
+        .scrubbing([Secret::new("more-secret-2"), Secret::new("more-secret-3")]);
+    let token = Secret::new("token-abc-123");
+    let sent = sender
+        .post_with_bearer(
+            &format!("http://{addr}/x"),
+            "application/json",
+            "{}".into(),
+            Some(&token),
+        )
+        .await;
+    let request = rx.await.unwrap().to_ascii_lowercase();
+    assert!(
+        request.contains("authorization: bearer token-abc-123"),
+        "{request}"
+    );
+    let body = sent.result.unwrap().body;
+    assert_eq!(body, "echo [redacted] [redacted] [redacted] [redacted]");
+    assert_eq!(
+        sender.scrub("more-secret-3 and main-secret-1"),
+        "[redacted] and [redacted]"
+    );
+}

@@ -324,3 +324,231 @@ mod against_simulator {
         assert_eq!(sim.request_count(Platform::Tcec, "W"), 0);
     }
 }
+
+/// The wired sink ([`super::Tcec`] through the registry's [`crate::sinks::Sink`]) against
+/// the simulator: the verdicts the worker sees, the hold, and what reaches the attempt info.
+mod wired {
+    use platform_sim::tcec as sim_tcec;
+    use platform_sim::{Platform, SimHandle, SimScript};
+    use serde_json::json;
+
+    use crate::event::ClaimedRow;
+    use crate::outcome::{StepOutcome, Verdict};
+    use crate::sinks::{Sink, SinkConfig};
+
+    /// A `tcec` section at `url`, its OperatorSecret `operator_secret`; all four secrets
+    /// from files in `dir`, the other three the simulator's.
+    fn section(url: &str, dir: &tempfile::TempDir, operator_secret: &str) -> String {
+        let file = |name: &str, value: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, value).unwrap();
+            path.display().to_string()
+        };
+        format!(
+            "type = \"tcec\"\nurl = {url:?}\noperator_id = {:?}\nsecret_file = {:?}\n\
+             data_secret_file = {:?}\ndata_secret_iv_file = {:?}\nsig_secret_file = {:?}\n\
+             timeout = \"2s\"",
+            sim_tcec::DEMO_OPERATOR_ID,
+            file("operator", operator_secret),
+            file("data", sim_tcec::DEMO_DATA_SECRET),
+            file("iv", sim_tcec::DEMO_DATA_SECRET_IV),
+            file("sig", sim_tcec::DEMO_SIG_SECRET),
+        )
+    }
+
+    fn build(section: &str) -> Sink {
+        let cfg: SinkConfig = toml::from_str(section).unwrap();
+        assert_eq!(cfg.check("city"), Vec::<String>::new());
+        Sink::build("city", &cfg).unwrap()
+    }
+
+    /// A `tcec` sink at the simulator.
+    fn sink(sim: &SimHandle, dir: &tempfile::TempDir, operator_secret: &str) -> Sink {
+        build(&section(&sim.tcec_url(), dir, operator_secret))
+    }
+
+    fn row(event_type: &str, key: &str, payload: serde_json::Value) -> ClaimedRow {
+        ClaimedRow {
+            id: 1,
+            sink: "city".into(),
+            event_type: event_type.into(),
+            idempotency_key: key.into(),
+            payload: payload.to_string(),
+            ordering_key: None,
+            created_at: 0,
+            attempts: 1,
+            flow_state: None,
+            in_doubt: false,
+            defect: None,
+        }
+    }
+
+    fn order(seq: &str) -> ClaimedRow {
+        row(
+            "charge_order",
+            seq,
+            json!({
+                "StartChargeSeq": seq, "ConnectorID": "C1",
+                "StartTime": "2024-05-01 10:00:00", "EndTime": "2024-05-01 11:00:00",
+                "TotalPower": 12.5, "TotalElecMoney": 10.1, "TotalSeviceMoney": 5.2,
+                "TotalMoney": 15.3, "StopReason": 0, "SumPeriod": 0, "ChargeDetails": []
+            }),
+        )
+    }
+
+    async fn sim() -> SimHandle {
+        platform_sim::start("127.0.0.1:0".parse().unwrap(), Default::default())
+            .await
+            .unwrap()
+    }
+
+    fn script(sim: &SimHandle, value: serde_json::Value) {
+        let script: SimScript = serde_json::from_value(json!({ "tcec": value })).unwrap();
+        sim.apply_script(script);
+    }
+
+    /// Neither a secret nor the token in anything the store would keep.
+    fn assert_no_secret(outcome: &StepOutcome, sim: &SimHandle) {
+        let text = format!("{outcome:?}");
+        for secret in [
+            sim_tcec::DEMO_OPERATOR_SECRET,
+            sim_tcec::DEMO_DATA_SECRET,
+            sim_tcec::DEMO_DATA_SECRET_IV,
+            sim_tcec::DEMO_SIG_SECRET,
+            "tok-",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(sim.requests().iter().all(|r| r.platform == Platform::Tcec));
+    }
+
+    #[tokio::test]
+    async fn orders_and_statuses_are_delivered_with_their_reply_codes() {
+        let (sim, dir) = (sim().await, tempfile::tempdir().unwrap());
+        let sink = sink(&sim, &dir, sim_tcec::DEMO_OPERATOR_SECRET);
+        let outcome = sink.deliver(&order("O-1")).await;
+        assert!(
+            matches!(outcome.verdict, Verdict::Delivered { hint: None, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.info.reply_code.as_deref(), Some("0/0"));
+        assert_eq!(outcome.info.http_status, Some(200));
+        assert_no_secret(&outcome, &sim);
+        let status = row(
+            "connector_status",
+            "S-1",
+            json!({"ConnectorStatusInfo": {"ConnectorID": "C1", "Status": 3}}),
+        );
+        let outcome = sink.deliver(&status).await;
+        assert!(
+            matches!(outcome.verdict, Verdict::Delivered { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(sim.applied_count(Platform::Tcec, "O-1"), 1);
+        assert_eq!(sim.applied_count(Platform::Tcec, "C1"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dispute_is_delivered_with_a_hint_and_a_bad_sig_is_retried() {
+        let (sim, dir) = (sim().await, tempfile::tempdir().unwrap());
+        let sink = sink(&sim, &dir, sim_tcec::DEMO_OPERATOR_SECRET);
+        script(
+            &sim,
+            json!({"pushes": {"D": [{"confirm_result": 1}], "F": [{"bad_sig": true}]}}),
+        );
+        let disputed = sink.deliver(&order("D")).await;
+        let Verdict::Delivered {
+            hint: Some(hint), ..
+        } = &disputed.verdict
+        else {
+            panic!("{disputed:?}");
+        };
+        assert!(hint.contains("ConfirmResult 1"), "{hint}");
+        assert_eq!(disputed.info.hint.as_deref(), Some(hint.as_str()));
+        assert_eq!(disputed.info.reply_code.as_deref(), Some("0/1"));
+        let forged = sink.deliver(&order("F")).await;
+        assert!(
+            matches!(&forged.verdict, Verdict::Retry { reason, .. } if reason.contains("unreadable reply")),
+            "{forged:?}"
+        );
+        assert_eq!(sink.hold(0), None, "a bad Sig is retried, not held");
+        assert!(matches!(
+            sink.deliver(&order("F")).await.verdict,
+            Verdict::Delivered { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_hold_the_sink_until_it_is_rebuilt() {
+        let (sim, dir) = (sim().await, tempfile::tempdir().unwrap());
+        let wrong = sink(&sim, &dir, "not-the-operator-secret");
+        assert_eq!(wrong.hold(0), None);
+        let outcome = wrong.deliver(&order("W")).await;
+        let Verdict::Retry { reason, .. } = &outcome.verdict else {
+            panic!("a credential failure never dead-letters: {outcome:?}");
+        };
+        assert!(reason.contains("FailReason 2"), "{reason}");
+        let hold = wrong.hold(0).expect("held");
+        assert!(
+            hold.contains("OperatorSecret is wrong") && hold.contains("SIGHUP"),
+            "{hold}"
+        );
+        assert!(!format!("{outcome:?}{hold}").contains("not-the-operator-secret"));
+        assert_eq!(sim.request_count(Platform::Tcec, "W"), 0);
+        // The reload builds the sink again: no hold, and the row goes through.
+        let fixed = sink(&sim, &dir, sim_tcec::DEMO_OPERATOR_SECRET);
+        assert_eq!(fixed.hold(0), None);
+        assert!(matches!(
+            fixed.deliver(&order("W")).await.verdict,
+            Verdict::Delivered { .. }
+        ));
+    }
+
+    /// Like every sink's: a 3xx is never followed (it would carry the envelope elsewhere) and
+    /// is permanent, with the Location in the reason.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply = "HTTP/1.1 302 Found\r\nlocation: http://elsewhere.invalid/x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/evcs/v1");
+        let outcome = build(&section(&url, &dir, sim_tcec::DEMO_OPERATOR_SECRET))
+            .deliver(&order("R"))
+            .await;
+        assert!(
+            matches!(&outcome.verdict, Verdict::Permanent { reason } if reason.contains("redirect to http://elsewhere.invalid/x")),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.info.http_status, Some(302));
+    }
+
+    #[tokio::test]
+    async fn a_bad_payload_or_key_is_permanent_without_a_request() {
+        let (sim, dir) = (sim().await, tempfile::tempdir().unwrap());
+        let sink = sink(&sim, &dir, sim_tcec::DEMO_OPERATOR_SECRET);
+        let mut other_key = order("O-2");
+        other_key.idempotency_key = "SOMETHING-ELSE".into();
+        let outcome = sink.deliver(&other_key).await;
+        assert!(
+            matches!(&outcome.verdict, Verdict::Permanent { reason } if reason.contains("must equal StartChargeSeq")),
+            "{outcome:?}"
+        );
+        let mut bad_money = order("O-3");
+        bad_money.payload = bad_money.payload.replace("15.3", "15.4");
+        let outcome = sink.deliver(&bad_money).await;
+        assert!(
+            matches!(&outcome.verdict, Verdict::Permanent { reason } if reason.contains("TotalMoney")),
+            "{outcome:?}"
+        );
+        assert!(sim.requests().is_empty());
+    }
+}
