@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checks what ships: the systemd unit (systemd-analyze verify, and an exposure score of at
 # most 2.0 from systemd-analyze security), the reference config (it parses, and documents
-# every option the code knows), and the .deb (built from release binaries with cargo-deb; its
-# file list, conffiles and maintainer scripts).
+# every option the code knows), the Prometheus alerts and Grafana dashboard (promtool, and
+# only series the daemon exports), and the .deb (built from release binaries with cargo-deb;
+# its file list, completions and man pages, conffiles and maintainer scripts).
 #
 # Runs as root in CI (CI=true, no systemd running: both systemd-analyze checks work offline)
 # and by hand; idempotent. Installs what it needs only when missing: the systemd package (for
-# systemd-analyze) and cargo-deb. Prints one PASS/FAIL line per check and a summary line.
+# systemd-analyze), the prometheus package (for promtool) and cargo-deb. Prints one PASS/FAIL
+# line per check and a summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,12 +40,30 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq
     apt-get install -y -qq systemd >/dev/null
 fi
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "promtool is missing: run as root, or apt-get install prometheus first"
+        exit 1
+    fi
+    echo "installing prometheus (for promtool); its service is not started"
+    export DEBIAN_FRONTEND=noninteractive
+    # No init system here to start it, but a policy-rc.d makes sure of it.
+    policy_added=false
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_added=true
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if $policy_added; then rm -f /usr/sbin/policy-rc.d; fi
+fi
 if ! cargo deb --version >/dev/null 2>&1; then
     # About 2 minutes on two cores.
     echo "installing cargo-deb $CARGO_DEB_VERSION"
     cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi
-echo "$(systemd-analyze --version | head -n1); $(cargo deb --version)"
+echo "$(systemd-analyze --version | head -n1); $(cargo deb --version); $(promtool --version 2>&1 | head -n1)"
 
 TARGET=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -116,9 +136,16 @@ else
     fail "deploy/outboxd.toml with its $uncommented commented defaults uncommented fails check-config"
     printf '%s\n' "$out" | sed 's/^/    /'
 fi
-# Every field of the config structs is documented (`kind` is spelled `type` in TOML).
+# Every field of the config structs (those that derive Deserialize: retry.rs also has plain
+# structs) is documented (`kind` is spelled `type` in TOML).
+config_fields() {
+    awk '/#\[derive\(.*Deserialize/ { de = 1 }
+         /^pub struct/ { inside = de; de = 0; next }
+         /^}/ { inside = 0 }
+         inside && /^ *pub [a-z_]+: / { f = $0; sub(/^ *pub /, "", f); sub(/:.*/, "", f); print f }' "$@"
+}
 missing=""
-for field in $(sed -n 's/^ *pub \([a-z_]*\): .*/\1/p' crates/outbox-core/src/config.rs crates/outbox-core/src/retry.rs | sort -u); do
+for field in $(config_fields crates/outbox-core/src/config.rs crates/outbox-core/src/retry.rs | sort -u); do
     [ "$field" = kind ] && field=type
     grep -Eq "(^|[^a-z_])$field([^a-z_]|$)" deploy/outboxd.toml || missing="$missing $field"
 done
@@ -127,6 +154,32 @@ if [ -z "$missing" ]; then
 else
     fail "deploy/outboxd.toml does not document:$missing"
 fi
+
+step "Prometheus alerts and Grafana dashboard"
+check "promtool check rules deploy/prometheus/alerts.yml" promtool check rules deploy/prometheus/alerts.yml
+check "promtool test rules deploy/prometheus/alerts_test.yml" promtool test rules deploy/prometheus/alerts_test.yml
+check "deploy/grafana/outboxd.json is JSON" python3 -m json.tool deploy/grafana/outboxd.json /dev/null
+# Every series the alerts and the dashboard use is one the daemon exports (a histogram's
+# _bucket/_sum/_count series come from its base name).
+unknown=""
+for name in $(grep -ohE 'outboxd_[a-z_]+' deploy/prometheus/alerts.yml deploy/grafana/outboxd.json | sort -u); do
+    base=$(sed -E 's/_(bucket|sum|count)$//' <<<"$name")
+    grep -q "\"$name\"\|$name[ {]\|\"$base\"\|$base[ {]" crates/outbox-core/src/metrics.rs || unknown="$unknown $name"
+done
+if [ -z "$unknown" ]; then
+    pass "the alerts and the dashboard use only series in crates/outbox-core/src/metrics.rs"
+else
+    fail "series not exported by crates/outbox-core/src/metrics.rs:$unknown"
+fi
+
+step "completions and man pages"
+rm -rf "$REL/completions" "$REL/man"
+mkdir -p "$REL/completions"
+"$REL/outboxd" completions bash >"$REL/completions/outboxd.bash"
+"$REL/outboxd" completions zsh >"$REL/completions/_outboxd"
+"$REL/outboxd" completions fish >"$REL/completions/outboxd.fish"
+"$REL/outboxd" man "$REL/man"
+echo "$(ls "$REL/man" | wc -l) man pages, completions for bash, zsh and fish"
 
 step ".deb"
 rm -f "$TARGET"/debian/outboxd_*.deb "$TARGET"/debian/outboxd-dbgsym_*.ddeb
@@ -157,6 +210,15 @@ check ".deb has the unit outboxd.service" \
     has_file -rw-r--r-- /lib/systemd/system/outboxd.service /usr/lib/systemd/system/outboxd.service
 check ".deb has /etc/outboxd/outboxd.toml" has_file -rw-r--r-- /etc/outboxd/outboxd.toml
 check ".deb has the install guide" has_file -rw-r--r-- /usr/share/doc/outboxd/INSTALL.md
+check ".deb has the bash completion" has_file -rw-r--r-- /usr/share/bash-completion/completions/outboxd
+check ".deb has the zsh completion" has_file -rw-r--r-- /usr/share/zsh/vendor-completions/_outboxd
+check ".deb has the fish completion" has_file -rw-r--r-- /usr/share/fish/vendor_completions.d/outboxd.fish
+check ".deb has the man page outboxd(1)" \
+    has_file -rw-r--r-- /usr/share/man/man1/outboxd.1.gz /usr/share/man/man1/outboxd.1
+check ".deb has a man page per subcommand (outboxd-dead-requeue(1))" \
+    has_file -rw-r--r-- /usr/share/man/man1/outboxd-dead-requeue.1.gz /usr/share/man/man1/outboxd-dead-requeue.1
+check ".deb has the Prometheus alerts" has_file -rw-r--r-- /usr/share/doc/outboxd/prometheus/alerts.yml
+check ".deb has the Grafana dashboard" has_file -rw-r--r-- /usr/share/doc/outboxd/grafana/outboxd.json
 
 dpkg-deb -x "$deb" "$WORK/root"
 dpkg-deb -e "$deb" "$WORK/control"

@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 DEMO=.demo
-echo "==> building outboxd, outbox-migrate and platform-sim (first build takes a few minutes)"
-cargo build --quiet -p outbox-worker -p outbox-migrate -p platform-sim
+# DEMO_NO_BUILD=1: use the binaries already built (the test suite builds them first).
+if [ -z "${DEMO_NO_BUILD:-}" ]; then
+  echo "==> building outboxd, outbox-migrate and platform-sim (first build takes a few minutes)"
+  cargo build --quiet -p outbox-worker -p outbox-migrate -p platform-sim
+fi
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -216,3 +219,10 @@ echo "==> what the simulated platforms saw"
 curl -s "$SIM_URL/_sim/stats" 2>/dev/null | python3 -m json.tool 2>/dev/null || true
 echo
 echo "Files: $DEMO/outbox.db (the outbox), $DEMO/outboxd.log (daemon log), $DEMO/outboxd.toml (config)."
+echo
+# Absolute paths, so the two lines work from any directory of the same shell.
+BIN_ABS=$(cd "$BIN" && pwd)
+echo "==> to keep exploring the demo's outbox, paste these two lines into your shell, then try"
+echo "    outboxd status, outboxd dead list, outboxd show --sink pyun --key CE-RETRY-1, outboxd --help:"
+printf 'export OUTBOXD_CONFIG=%q\n' "$PWD/$DEMO/outboxd.toml"
+printf 'export PATH=%q:"$PATH"\n' "$BIN_ABS"

@@ -2,11 +2,14 @@
 //! loopback. One test binary (svix's layout) so the suite links once.
 
 mod cli;
+mod demo;
 mod epeis;
 mod guarantees;
+mod help;
 mod hold;
 mod keys;
 mod lbbtech;
+mod logs;
 mod ops;
 mod postgres;
 mod pyun;

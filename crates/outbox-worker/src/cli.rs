@@ -17,12 +17,27 @@ pub struct Cli {
         short,
         env = "OUTBOXD_CONFIG",
         default_value = "/etc/outboxd/outboxd.toml",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     pub config: PathBuf,
     /// Overrides the config's database_url.
-    #[arg(long, env = "OUTBOXD_DATABASE_URL", global = true)]
+    #[arg(
+        long,
+        env = "OUTBOXD_DATABASE_URL",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub database_url: Option<String>,
+    /// Log format of `run` on stderr [default: text on a terminal, json otherwise].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,8 +65,10 @@ pub enum Command {
     },
     /// Show one outbox row (its status, attempts, result) by sink and key.
     Show {
+        /// The sink's name, as in `[sinks.NAME]`.
         #[arg(long)]
         sink: String,
+        /// The row's idempotency key.
         #[arg(long)]
         key: String,
         /// Print one JSON document instead (for scripts).
@@ -77,6 +94,20 @@ pub enum Command {
         #[command(flatten)]
         sink: SinkArg,
     },
+    /// Print a shell completion script (packaging; e.g. `outboxd completions bash`).
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (outboxd.1 and one per subcommand) into a directory (packaging).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// The sink a `pause` / `resume` acts on.
@@ -92,6 +123,7 @@ pub struct SinkArg {
 
 #[derive(Args)]
 pub struct EnqueueArgs {
+    /// The sink's name, as in `[sinks.NAME]`.
     #[arg(long)]
     pub sink: String,
     /// charge_end, dosage, charge_start, charge_order or connector_status
@@ -103,6 +135,7 @@ pub struct EnqueueArgs {
     /// JSON text, or @FILE to read it from a file, or @- for standard input.
     #[arg(long)]
     pub payload: String,
+    /// Rows with the same ordering key are delivered one at a time, in order.
     #[arg(long)]
     pub ordering_key: Option<String>,
     /// Do not deliver before this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
@@ -117,6 +150,7 @@ pub struct EnqueueArgs {
 pub enum DeadCommand {
     /// List dead-lettered rows, oldest first.
     List {
+        /// Only this sink's rows.
         #[arg(long)]
         sink: Option<String>,
         /// Only rows dead-lettered within this long (e.g. 2h, 7d).
@@ -134,6 +168,7 @@ pub enum DeadCommand {
     },
     /// Show one dead-lettered row with every attempt and its reply.
     Show {
+        /// The dead row's id, as `dead list` shows it.
         id: i64,
         /// Print one JSON document instead (for scripts).
         #[arg(long)]

@@ -19,12 +19,13 @@ pub async fn run(
     config_path: &Path,
     url_override: Option<String>,
     until_idle: bool,
+    log_format: Option<logging::LogFormat>,
 ) -> Result<(), String> {
     let mut config = Config::load(config_path).map_err(|e| e.to_string())?;
     if let Some(url) = &url_override {
         config.database_url = url.clone();
     }
-    let log = logging::init(config.log_level.as_deref());
+    let log = logging::init(config.log_level.as_deref(), log_format);
     let opts = OpenOptions {
         max_connections: if config.database_url.starts_with("sqlite:") {
             1

@@ -1,6 +1,7 @@
 //! `outboxd`: thin entry point. Parses the command line, loads the config, opens the store
 //! and hands over to outbox-core.
 
+mod assets;
 mod cli;
 mod daemon;
 mod logging;
@@ -55,7 +56,11 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Run { until_idle } => daemon::run(&cli.config, cli.database_url, until_idle).await,
+        Command::Run { until_idle } => {
+            daemon::run(&cli.config, cli.database_url, until_idle, cli.log_format).await
+        }
+        Command::Completions { shell } => assets::completions(shell),
+        Command::Man { dir } => assets::man_pages(&dir),
         cmd => {
             // Database-only commands: the config's sinks and secrets need not be complete.
             let config = Config::load_unchecked(&cli.config);
@@ -80,7 +85,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                     ops::pause(&store, &sink, true, note.as_deref()).await
                 }
                 Command::Resume { sink } => ops::pause(&store, &sink, false, None).await,
-                Command::Run { .. } | Command::CheckConfig => unreachable!("handled above"),
+                _ => unreachable!("handled above"),
             };
             store.close().await;
             r
