@@ -314,7 +314,7 @@ async fn claim(s: &Store, sink: &str, owner: &str, limit: u32, now: i64) -> Vec<
 }
 
 async fn complete(s: &Store, owner: &str, batch: Vec<Completion>, now: i64) -> u64 {
-    s.cycle(owner, &batch, &[], now, now + LEASE)
+    s.cycle(owner, &batch, &[], &[], now, now + LEASE)
         .await
         .expect("complete")
         .0
@@ -526,11 +526,11 @@ async fn expired_lease_is_reclaimed_in_doubt(db: &Db) {
     assert_eq!(rows.len(), 1);
 
     assert_eq!(
-        s.reclaim_expired(now + 999).await.unwrap(),
+        s.reclaim_expired(now + 999, "", &[]).await.unwrap(),
         0,
         "lease still valid"
     );
-    assert_eq!(s.reclaim_expired(now + 1_001).await.unwrap(), 1);
+    assert_eq!(s.reclaim_expired(now + 1_001, "", &[]).await.unwrap(), 1);
     let view = s.row("pyun", "k").await.unwrap().unwrap();
     assert_eq!(view.status, "pending");
     assert_eq!(view.next_attempt_at, now + 1_001);
@@ -1028,6 +1028,7 @@ async fn a_claim_skips_a_paused_sink(db: &Db) {
             "w",
             &[],
             &[("pyun".to_string(), 10), ("epeis".to_string(), 10)],
+            &[],
             now,
             now + LEASE,
         )
@@ -1334,6 +1335,7 @@ async fn cycle_records_verdicts_then_claims(db: &Db) {
             "w",
             &[completion(&a[0], delivered())],
             &claims,
+            &[],
             now,
             now + LEASE,
         )
@@ -1352,6 +1354,7 @@ async fn cycle_records_verdicts_then_claims(db: &Db) {
             "other",
             &[completion(b, delivered())],
             &claims,
+            &[],
             now,
             now + LEASE,
         )
@@ -1476,7 +1479,7 @@ print(sqlite3.sqlite_version)
         }
         if !rows.is_empty() {
             let batch: Vec<Completion> = rows.iter().map(|r| completion(r, delivered())).collect();
-            s.cycle("w", &batch, &[], now_ms(), now_ms() + LEASE)
+            s.cycle("w", &batch, &[], &[], now_ms(), now_ms() + LEASE)
                 .await
                 .expect("complete while another process writes");
         } else if producer_done.is_none() {
@@ -1870,7 +1873,7 @@ async fn a_live_workers_rows_are_renewed_and_never_reclaimed_from_it(db: &Db) {
     // w1 renews "renewed" (in the same transaction as a round's verdicts and claims);
     // a renewal never shortens a lease, nor touches another worker's row.
     let (lost, claimed) = s
-        .cycle_renewing(
+        .cycle(
             "w1",
             &[],
             &[],
@@ -1881,16 +1884,16 @@ async fn a_live_workers_rows_are_renewed_and_never_reclaimed_from_it(db: &Db) {
         .await
         .unwrap();
     assert_eq!((lost, claimed.len()), (0, 0));
-    assert_eq!(
-        s.renew_leases("w1", &[mine[1].id], now + 10).await.unwrap(),
-        1
-    );
+    // A renewal never shortens a lease.
+    s.cycle("w1", &[], &[], &[mine[1].id], now, now + 10)
+        .await
+        .unwrap();
 
     // Past the original leases: w1's housekeeping reclaims w2's expired row, not the row
     // it still holds; the renewed one is not expired at all.
     let later = now + 2_000;
     assert_eq!(
-        s.reclaim_expired_except(later, "w1", &[mine[0].id, mine[1].id])
+        s.reclaim_expired(later, "w1", &[mine[0].id, mine[1].id])
             .await
             .unwrap(),
         1
@@ -1915,10 +1918,7 @@ async fn a_live_workers_rows_are_renewed_and_never_reclaimed_from_it(db: &Db) {
         .unwrap();
     assert_eq!(keys(&orphans), ["other", "orphan"]);
     let expired = later + 2_000;
-    assert_eq!(
-        s.reclaim_expired_except(expired, "w1", &[]).await.unwrap(),
-        2
-    );
+    assert_eq!(s.reclaim_expired(expired, "w1", &[]).await.unwrap(), 2);
     let again = claim(s, "pyun", "w3", 10, expired).await;
     assert_eq!(keys(&again), ["other", "orphan"]);
     assert!(again.iter().all(|r| r.in_doubt));

@@ -267,21 +267,12 @@ pub trait Backend: Send + Sync + 'static {
         lease_until: i64,
     ) -> BoxFuture<'a, Result<Vec<ClaimedRow>>>;
 
-    /// Records `batch` (checking each lease is still `owner`'s) and claims rows for
-    /// `claims` (sink, limit), in one transaction (one commit, one fsync, per worker
-    /// round). Returns the lost-lease count and the claimed rows per entry of `claims`.
+    /// Records `batch` (checking each lease is still `owner`'s), renews the leases of
+    /// `renew` (rows this worker still delivers; never shortened) until `lease_until`, and
+    /// claims rows for `claims` (sink, limit), in one transaction (one commit, one fsync,
+    /// per worker round). Returns the lost-lease count and the claimed rows per entry of
+    /// `claims`.
     fn cycle<'a>(
-        &'a self,
-        owner: &'a str,
-        batch: &'a [Completion],
-        claims: &'a [(String, u32)],
-        now: i64,
-        lease_until: i64,
-    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>>;
-
-    /// [`Backend::cycle`], also renewing the leases of `renew` (rows this worker still
-    /// delivers) until `lease_until`, in the same transaction.
-    fn cycle_renewing<'a>(
         &'a self,
         owner: &'a str,
         batch: &'a [Completion],
@@ -290,24 +281,6 @@ pub trait Backend: Send + Sync + 'static {
         now: i64,
         lease_until: i64,
     ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>>;
-
-    /// Extends the leases of `ids` still held by `owner` until `lease_until` (never
-    /// shortens one). Returns how many were renewed.
-    fn renew_leases<'a>(
-        &'a self,
-        owner: &'a str,
-        ids: &'a [i64],
-        lease_until: i64,
-    ) -> BoxFuture<'a, Result<u64>>;
-
-    /// Returns rows whose lease expired to pending, marked in doubt, except the rows
-    /// `owner` (a live worker) still holds (`held`).
-    fn reclaim_expired_except<'a>(
-        &'a self,
-        now: i64,
-        owner: &'a str,
-        held: &'a [i64],
-    ) -> BoxFuture<'a, Result<u64>>;
 
     /// Gives back every row leased to `owner` except `held`, due at `now`, not in doubt and
     /// without counting the attempt: rows a failed round may have claimed but never sent.
@@ -318,8 +291,15 @@ pub trait Backend: Send + Sync + 'static {
         now: i64,
     ) -> BoxFuture<'a, Result<u64>>;
 
-    /// Returns rows whose lease expired (their worker died) to pending, marked in doubt.
-    fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>>;
+    /// Returns rows whose lease expired (their worker died) to pending, marked in doubt,
+    /// except the rows `owner` (a live worker) still holds (`held`): it renews their
+    /// leases, and a stall that outlasted a lease must not cost the verdicts it holds.
+    fn reclaim_expired<'a>(
+        &'a self,
+        now: i64,
+        owner: &'a str,
+        held: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64>>;
 
     /// Holds rows addressed to sinks missing from `known` (this worker's config): marks
     /// those sinks (`SinkStats::unconfigured_since`), clears the mark of known sinks, and

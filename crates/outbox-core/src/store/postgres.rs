@@ -176,6 +176,24 @@ struct History {
 }
 
 impl PgStore {
+    async fn renew_in(
+        conn: &mut sqlx::PgConnection,
+        owner: &str,
+        ids: &[i64],
+        lease_until: i64,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_expires_at = greatest(lease_expires_at, $3) \
+             WHERE id = ANY($1) AND status = 'in_flight' AND lease_owner = $2",
+        )
+        .bind(ids)
+        .bind(owner)
+        .bind(lease_until)
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn open(url: &str, opts: &OpenOptions) -> Result<PgStore> {
         let mut options = PgConnectOptions::from_str(url)?.application_name("outboxd");
         if !opts.create {
@@ -621,6 +639,7 @@ impl Backend for PgStore {
         owner: &'a str,
         batch: &'a [Completion],
         claims: &'a [(String, u32)],
+        renew: &'a [i64],
         now: i64,
         lease_until: i64,
     ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
@@ -631,6 +650,9 @@ impl Backend for PgStore {
             } else {
                 Self::complete_in(&mut tx, owner, batch, now).await?
             };
+            if !renew.is_empty() {
+                Self::renew_in(&mut tx, owner, renew, lease_until).await?;
+            }
             let mut claimed = Vec::with_capacity(claims.len());
             for (sink, limit) in claims {
                 claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
@@ -640,17 +662,46 @@ impl Backend for PgStore {
         })
     }
 
-    fn reclaim_expired(&self, now: i64) -> BoxFuture<'_, Result<u64>> {
+    fn reclaim_expired<'a>(
+        &'a self,
+        now: i64,
+        owner: &'a str,
+        held: &'a [i64],
+    ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let done = sqlx::query(
-            "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
-                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
-                    lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'in_flight' AND lease_expires_at < $1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+                "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
+                        last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
+                        lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE status = 'in_flight' AND lease_expires_at < $1 \
+                   AND NOT (lease_owner IS NOT DISTINCT FROM $2 AND id = ANY($3))",
+            )
+            .bind(now)
+            .bind(owner)
+            .bind(held)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn release_unsent<'a>(
+        &'a self,
+        owner: &'a str,
+        held: &'a [i64],
+        now: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = $3, \
+                        attempts = greatest(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE status = 'in_flight' AND lease_owner = $1 AND NOT (id = ANY($2))",
+            )
+            .bind(owner)
+            .bind(held)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
             Ok(done.rows_affected())
         })
     }
@@ -998,144 +1049,5 @@ impl Backend for PgStore {
         Box::pin(async move {
             self.pool.close().await;
         })
-    }
-
-    // The worker loop's lease guarantees (issue 12), written as inherent methods below.
-    fn cycle_renewing<'a>(
-        &'a self,
-        owner: &'a str,
-        batch: &'a [Completion],
-        claims: &'a [(String, u32)],
-        renew: &'a [i64],
-        now: i64,
-        lease_until: i64,
-    ) -> BoxFuture<'a, Result<(u64, Vec<Vec<ClaimedRow>>)>> {
-        Box::pin(PgStore::cycle_renewing(
-            self,
-            owner,
-            batch,
-            claims,
-            renew,
-            now,
-            lease_until,
-        ))
-    }
-
-    fn renew_leases<'a>(
-        &'a self,
-        owner: &'a str,
-        ids: &'a [i64],
-        lease_until: i64,
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(PgStore::renew_leases(self, owner, ids, lease_until))
-    }
-
-    fn reclaim_expired_except<'a>(
-        &'a self,
-        now: i64,
-        owner: &'a str,
-        held: &'a [i64],
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(PgStore::reclaim_expired_except(self, now, owner, held))
-    }
-
-    fn release_unsent<'a>(
-        &'a self,
-        owner: &'a str,
-        held: &'a [i64],
-        now: i64,
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(PgStore::release_unsent(self, owner, held, now))
-    }
-}
-
-// Delivery guarantees of the worker loop (issue 12).
-impl PgStore {
-    /// [`PgStore::cycle`], also renewing the leases of `renew` (rows this worker still
-    /// delivers) until `lease_until`, in the same transaction.
-    pub async fn cycle_renewing(
-        &self,
-        owner: &str,
-        batch: &[Completion],
-        claims: &[(String, u32)],
-        renew: &[i64],
-        now: i64,
-        lease_until: i64,
-    ) -> Result<(u64, Vec<Vec<ClaimedRow>>)> {
-        let mut tx = self.pool.begin().await?;
-        let lost = if batch.is_empty() {
-            0
-        } else {
-            Self::complete_in(&mut tx, owner, batch, now).await?
-        };
-        if !renew.is_empty() {
-            Self::renew_in(&mut tx, owner, renew, lease_until).await?;
-        }
-        let mut claimed = Vec::with_capacity(claims.len());
-        for (sink, limit) in claims {
-            claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
-        }
-        tx.commit().await?;
-        Ok((lost, claimed))
-    }
-
-    /// Extends the leases of `ids` still held by `owner` until `lease_until`.
-    pub async fn renew_leases(&self, owner: &str, ids: &[i64], lease_until: i64) -> Result<u64> {
-        let mut conn = self.pool.acquire().await?;
-        Self::renew_in(&mut conn, owner, ids, lease_until).await
-    }
-
-    async fn renew_in(
-        conn: &mut sqlx::PgConnection,
-        owner: &str,
-        ids: &[i64],
-        lease_until: i64,
-    ) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET lease_expires_at = greatest(lease_expires_at, $3) \
-             WHERE id = ANY($1) AND status = 'in_flight' AND lease_owner = $2",
-        )
-        .bind(ids)
-        .bind(owner)
-        .bind(lease_until)
-        .execute(&mut *conn)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// [`PgStore::reclaim_expired`], except the rows `owner` still holds (`held`): a live
-    /// worker's own rows are never taken from it.
-    pub async fn reclaim_expired_except(&self, now: i64, owner: &str, held: &[i64]) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET status = 'pending', in_doubt = true, next_attempt_at = $1, \
-                    last_error = 'lease of worker ' || coalesce(lease_owner, '?') || ' expired mid-delivery; the previous attempt may have reached the platform', \
-                    lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'in_flight' AND lease_expires_at < $1 \
-               AND NOT (lease_owner IS NOT DISTINCT FROM $2 AND id = ANY($3))",
-        )
-        .bind(now)
-        .bind(owner)
-        .bind(held)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Gives back, not in doubt and without counting the attempt, every row leased to
-    /// `owner` except `held` (the rows it is delivering or has a verdict for): after a
-    /// round whose outcome is unknown (a lost COMMIT acknowledgement), rows it may have
-    /// claimed but never sent.
-    pub async fn release_unsent(&self, owner: &str, held: &[i64], now: i64) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET status = 'pending', next_attempt_at = $3, \
-                    attempts = greatest(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'in_flight' AND lease_owner = $1 AND NOT (id = ANY($2))",
-        )
-        .bind(owner)
-        .bind(held)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
     }
 }

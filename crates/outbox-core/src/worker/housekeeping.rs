@@ -20,7 +20,7 @@ pub(crate) async fn housekeep(
 ) -> Result<(), StoreError> {
     // The rows this live worker holds are never reclaimed from it: it renews their leases,
     // and a stall that outlasted a lease must not cost the verdicts it holds.
-    let reclaimed = store.reclaim_expired_except(now, owner, held).await?;
+    let reclaimed = store.reclaim_expired(now, owner, held).await?;
     if reclaimed > 0 {
         tracing::warn!(
             rows = reclaimed,

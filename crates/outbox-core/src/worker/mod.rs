@@ -431,7 +431,7 @@ impl<'c> Worker<'c> {
         // Every round renews the leases of the rows still being delivered.
         let renew: Vec<i64> = self.in_flight.values().map(|f| f.row_id).collect();
         let (started, now) = (Instant::now(), now_ms());
-        let cycle = self.store.cycle_renewing(
+        let cycle = self.store.cycle(
             &self.owner,
             &self.pending,
             &plan.claims,
