@@ -58,6 +58,8 @@ on_both_backends! {
         => sqlite_purge_deletes_old_dead_rows_and_their_history, postgres_purge_deletes_old_dead_rows_and_their_history;
     pause_holds_a_sink_while_the_daemon_drains_and_resume_delivers
         => sqlite_pause_holds_a_sink_while_the_daemon_drains_and_resume_delivers, postgres_pause_holds_a_sink_while_the_daemon_drains_and_resume_delivers;
+    pause_takes_effect_when_the_command_returns
+        => sqlite_pause_takes_effect_when_the_command_returns, postgres_pause_takes_effect_when_the_command_returns;
     retention_prunes_delivered_rows_and_their_history
         => sqlite_retention_prunes_delivered_rows_and_their_history, postgres_retention_prunes_delivered_rows_and_their_history;
     metrics_match_what_happened
@@ -709,6 +711,69 @@ async fn pause_holds_a_sink_while_the_daemon_drains_and_resume_delivers(env: Env
     let out = cli(&env, &["pause", "pyuun"]).await;
     assert_success(&out);
     assert!(stderr(&out).contains("check the name"), "{}", stderr(&out));
+}
+
+/// Issue 13: rows inserted right after `outboxd pause` returns are never sent until
+/// `resume`, though the daemon re-reads its list of paused sinks only at housekeeping. The
+/// poll interval (housekeeping) is 1 s here so that list stays stale while the new rows wake
+/// the daemon: only the claim itself reading the pause holds them.
+async fn pause_takes_effect_when_the_command_returns(env: Env) {
+    env.write_config(&extra_pyun_sink(&env, "other", None));
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    assert!(config.contains("poll_interval = \"100ms\""), "{config}");
+    env.write_config_raw(&config.replace("poll_interval = \"100ms\"", "poll_interval = \"1s\""));
+    let store = env.store().await;
+    let daemon = Daemon::start(&env);
+    // The daemon is up and claiming pyun (it has read the pauses: none).
+    enqueue(&env, &store, "pyun", "PT-FIRST").await;
+    assert!(env.sim.wait_for_requests(1, SOON).await);
+    eventually("PT-FIRST to be delivered", SOON, || async {
+        row_status(&store, "pyun", "PT-FIRST").await.as_deref() == Some("delivered")
+    })
+    .await;
+
+    let out = ok_json(&env, &["pause", "pyun", "--json"]).await;
+    assert_eq!(out["paused"], true, "{out}");
+    let keys: Vec<String> = (0..5).map(|i| format!("PT-{i}")).collect();
+    for key in &keys {
+        enqueue(&env, &store, "pyun", key).await;
+    }
+    // The daemon goes round for the other sink meanwhile (woken by its row).
+    enqueue(&env, &store, "other", "PT-OTHER").await;
+    eventually("the other sink's row to be delivered", SOON, || async {
+        row_status(&store, "other", "PT-OTHER").await.as_deref() == Some("delivered")
+    })
+    .await;
+    // Waiting for an absence has no signal to wait on: watch the simulator for 2 s, two
+    // housekeeping intervals and many worker rounds (each insert woke the daemon), far
+    // longer than the few ms it takes to claim and send a due row of an unpaused sink.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        for key in &keys {
+            assert_eq!(
+                env.sim.request_count(Platform::Pyun, key),
+                0,
+                "{key} was sent after `pause` returned"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    for key in &keys {
+        let row = store.row("pyun", key).await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0), "{key}");
+    }
+
+    let text = stdout(&cli(&env, &["resume", "pyun"]).await);
+    assert!(text.contains("sink pyun resumed"), "{text}");
+    eventually("every held row to be delivered", SOON, || async {
+        find(&stats(&store).await, "pyun").delivered == keys.len() as i64 + 1
+    })
+    .await;
+    daemon.stop().await;
+    for key in &keys {
+        assert_eq!(env.sim.applied_count(Platform::Pyun, key), 1, "{key}");
+        assert_eq!(env.sim.request_count(Platform::Pyun, key), 1, "{key}");
+    }
 }
 
 /// Pending rows among `keys` with their attempt counts and due times, by key.

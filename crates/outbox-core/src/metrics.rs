@@ -95,6 +95,9 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     /// (sink, hold kind) → holds.
     holds: BTreeMap<(String, &'static str), u64>,
+    /// (sink, dead kind) → rows dead-lettered. A counter, so an alert on `increase()` is
+    /// right (the dead-letter gauge also falls on a purge or a requeue).
+    dead: BTreeMap<(String, &'static str), u64>,
 }
 
 #[derive(Default)]
@@ -123,6 +126,12 @@ impl Metrics {
     pub fn count_hold(&self, sink: &str, kind: &'static str) {
         let mut g = self.inner.lock().expect("metrics lock");
         *g.holds.entry((sink.to_string(), kind)).or_default() += 1;
+    }
+
+    /// A row of `sink` was dead-lettered (committed), with its kind.
+    pub fn count_dead(&self, sink: &str, kind: &'static str) {
+        let mut g = self.inner.lock().expect("metrics lock");
+        *g.dead.entry((sink.to_string(), kind)).or_default() += 1;
     }
 
     pub fn record(&self, sink: &str, outcome: &'static str, duration_us: Option<i64>, hint: bool) {
@@ -188,6 +197,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "outboxd_deliveries_total{{sink=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(sink)
+            );
+        }
+        out.push_str("# HELP outboxd_dead_lettered_total Rows dead-lettered by sink and kind, by this process.\n");
+        out.push_str("# TYPE outboxd_dead_lettered_total counter\n");
+        for ((sink, kind), n) in &g.dead {
+            let _ = writeln!(
+                out,
+                "outboxd_dead_lettered_total{{sink=\"{}\",kind=\"{kind}\"}} {n}",
                 esc(sink)
             );
         }
@@ -450,5 +468,17 @@ mod tests {
         assert_eq!(m.failing_for_ms(), None);
         m.round_failed("again");
         assert_eq!(m.failing_for_ms().unwrap().1, "again");
+    }
+
+    #[test]
+    fn dead_letters_are_counted_by_sink_and_kind() {
+        let m = Metrics::default();
+        m.count_dead("pyun", "permanent");
+        m.count_dead("pyun", "permanent");
+        m.count_dead("epeis", "unknown");
+        let text = m.render(&[]);
+        assert!(text.contains("# TYPE outboxd_dead_lettered_total counter"));
+        assert!(text.contains("outboxd_dead_lettered_total{sink=\"pyun\",kind=\"permanent\"} 2"));
+        assert!(text.contains("outboxd_dead_lettered_total{sink=\"epeis\",kind=\"unknown\"} 1"));
     }
 }

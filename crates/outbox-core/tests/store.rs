@@ -208,6 +208,7 @@ store_tests!(
     requeue_resumes_a_flow_from_its_last_state,
     purge_dead_and_prune_finished,
     paused_sinks,
+    a_claim_skips_a_paused_sink,
     schema_state_empty_then_current(unmigrated),
     stats_figures,
     concurrent_claimers_claim_each_row_once,
@@ -1006,6 +1007,39 @@ async fn paused_sinks(db: &Db) {
     s.set_paused("pyun", false, None).await.unwrap();
     assert_eq!(s.paused_sinks().await.unwrap(), ["epeis"]);
     assert!(!sink_stats(s, "pyun", now_ms()).await.paused);
+}
+
+/// The claim itself reads the pause (issue 13): a worker whose list of paused sinks is
+/// stale (re-read only at housekeeping) still claims nothing of a sink paused since, through
+/// `claim` and through `cycle`; other sinks are unaffected; a resume makes the rows claimable.
+async fn a_claim_skips_a_paused_sink(db: &Db) {
+    let s = &db.store;
+    s.set_paused("pyun", true, Some("maintenance"))
+        .await
+        .unwrap();
+    enqueue_all(s, &[ev("pyun", "p1"), ev("pyun", "p2"), ev("epeis", "e1")]).await;
+    let now = now_ms();
+    assert!(
+        claim(s, "pyun", "w", 10, now).await.is_empty(),
+        "claimed rows of a paused sink"
+    );
+    let (_, claimed) = s
+        .cycle(
+            "w",
+            &[],
+            &[("pyun".to_string(), 10), ("epeis".to_string(), 10)],
+            now,
+            now + LEASE,
+        )
+        .await
+        .unwrap();
+    assert!(claimed[0].is_empty(), "cycle claimed rows of a paused sink");
+    assert_eq!(keys(&claimed[1]), ["e1"], "another sink is not paused");
+    let st = sink_stats(s, "pyun", now).await;
+    assert_eq!((st.pending, st.in_flight), (2, 0));
+
+    s.set_paused("pyun", false, None).await.unwrap();
+    assert_eq!(keys(&claim(s, "pyun", "w", 10, now).await), ["p1", "p2"]);
 }
 
 async fn schema_state_empty_then_current(db: &Db) {

@@ -81,10 +81,14 @@ const ORDERING_BLOCKED: &str = "(EXISTS (SELECT 1 FROM outbox e \
 
 /// The claim's candidate scan (`$1` sink, `$2` now, `$3` limit): due rows by due time,
 /// through the partial index `outbox_due`, skipping rows other transactions have locked.
+/// Nothing of a paused sink: the pause is read by the claim itself, so it takes effect when
+/// `outboxd pause` commits (the uncorrelated NOT EXISTS is a one-time filter on top of the
+/// index scan).
 fn candidates_sql() -> String {
     format!(
         "SELECT o.id, o.ordering_key FROM outbox o \
          WHERE o.sink = $1 AND o.status = 'pending' AND o.next_attempt_at <= $2 \
+           AND NOT EXISTS (SELECT 1 FROM outbox_sinks z WHERE z.sink = $1 AND z.paused) \
            AND (o.ordering_key IS NULL OR NOT {ORDERING_BLOCKED}) \
          ORDER BY o.next_attempt_at, o.id \
          LIMIT $3 \

@@ -275,13 +275,17 @@ async fn claim_in(
     lease_until: i64,
 ) -> Result<Vec<ClaimedRow>> {
     // One statement: it takes the write lock before reading, so it waits on the busy
-    // timeout instead of failing when a producer is writing.
+    // timeout instead of failing when a producer is writing. A paused sink is checked here,
+    // in the claiming statement, so a pause takes effect when `outboxd pause` commits, not
+    // at the worker's next housekeeping (the subquery on `outbox_sinks` is not correlated:
+    // evaluated once, it leaves the scan on `outbox_due`).
     let sql = format!(
         "UPDATE outbox SET status = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, \
                     attempts = attempts + 1, last_attempt_at = ?3 \
              WHERE id IN ( \
                 SELECT o.id FROM outbox o \
                 WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?3 \
+                  AND NOT EXISTS (SELECT 1 FROM outbox_sinks z WHERE z.sink = ?4 AND z.paused = 1) \
                   AND (o.ordering_key IS NULL OR NOT EXISTS ( \
                         SELECT 1 FROM outbox e \
                         WHERE e.ordering_key = o.ordering_key AND e.id <> o.id \

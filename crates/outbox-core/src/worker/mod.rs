@@ -120,6 +120,9 @@ impl Counters {
                 .map(|i| i.duration_us),
             matches!(c.action, Action::Delivered { hint: Some(_), .. }),
         );
+        if let Action::Dead { kind, .. } = &c.action {
+            metrics.count_dead(&c.sink, kind.as_str());
+        }
         let counter = match &c.action {
             Action::Delivered { hint: Some(_), .. } => {
                 self.hints.fetch_add(1, Ordering::Relaxed);
