@@ -17,6 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet -p outbox-worker -p outbox-migrate -p platform-sim -p outbox-bench
+
+# The clock drill runs the daemon under libfaketime (its own clock only, never the machine's).
+if [[ " $* " == *" drill "* ]] && ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null &&
+    [[ ! -e /usr/lib/faketime/libfaketime.so.1 ]]; then
+    echo "bench.sh: libfaketime not found; installing Debian's faketime with apt-get" >&2
+    apt-get install -y -qq faketime >/dev/null
+fi
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 WORK=$(mktemp -d /tmp/outbox-bench.XXXXXX)
