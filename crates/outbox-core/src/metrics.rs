@@ -128,6 +128,18 @@ impl Metrics {
         *g.holds.entry((sink.to_string(), kind)).or_default() += 1;
     }
 
+    /// Starts the counters of `sinks` at zero, so the first dead letter after a start is an
+    /// increase `increase()` can see (a series that appears at 1 counts as no increase).
+    pub fn register_sinks(&self, sinks: &[String]) {
+        let mut g = self.inner.lock().expect("metrics lock");
+        for sink in sinks {
+            for kind in crate::store::DeadKind::ALL {
+                g.dead.entry((sink.clone(), kind.as_str())).or_default();
+            }
+            g.hints.entry(sink.clone()).or_default();
+        }
+    }
+
     /// A row of `sink` was dead-lettered (committed), with its kind.
     pub fn count_dead(&self, sink: &str, kind: &'static str) {
         let mut g = self.inner.lock().expect("metrics lock");
@@ -476,7 +488,10 @@ mod tests {
         m.count_dead("pyun", "permanent");
         m.count_dead("pyun", "permanent");
         m.count_dead("epeis", "unknown");
+        m.register_sinks(&["lbb".to_string()]);
         let text = m.render(&[]);
+        assert!(text.contains("outboxd_dead_lettered_total{sink=\"lbb\",kind=\"unknown\"} 0"));
+        assert!(text.contains("outboxd_hints_total{sink=\"lbb\"} 0"));
         assert!(text.contains("# TYPE outboxd_dead_lettered_total counter"));
         assert!(text.contains("outboxd_dead_lettered_total{sink=\"pyun\",kind=\"permanent\"} 2"));
         assert!(text.contains("outboxd_dead_lettered_total{sink=\"epeis\",kind=\"unknown\"} 1"));

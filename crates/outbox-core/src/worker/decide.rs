@@ -356,7 +356,7 @@ fn log_verdict(sink: &str, row: &ClaimedRow, outcome: &StepOutcome, action: &Act
         Action::Done { note, .. } => tracing::info!(sink, key, note = %note, "final outcome"),
         Action::Retry { next_at, error } => tracing::info!(
             sink, key, attempt = row.attempts, error = %error,
-            retry_in = ?Duration::from_millis((next_at - now_ms()).max(0) as u64), "delivery failed; will retry"
+            retry_in_ms = (next_at - now_ms()).max(0), "delivery failed; will retry"
         ),
         Action::Continue { note, .. } => tracing::debug!(sink, key, note = %note, "flow step done"),
         Action::Dead { reason, .. } => {

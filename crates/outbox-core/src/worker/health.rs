@@ -20,7 +20,10 @@ impl DbHealth {
 
     pub(crate) fn ok(&mut self) {
         if let Some(since) = self.failing_since.take() {
-            tracing::warn!(down_for = ?since.elapsed(), "database reachable again; resuming");
+            tracing::warn!(
+                down_for_ms = since.elapsed().as_millis() as u64,
+                "database reachable again; resuming"
+            );
         }
     }
 

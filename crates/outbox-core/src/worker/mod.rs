@@ -189,16 +189,27 @@ pub async fn run(
     opts: RunOptions,
 ) -> Result<Summary, WorkerError> {
     let mut worker = Worker::new(config, store, shutdown, opts)?;
+    worker.metrics.register_sinks(&worker.known);
     let pruner = tokio::spawn(housekeeping::retention_task(
         worker.store.clone(),
         worker.wc.retention,
         worker.wc.key_retention,
     ));
-    tracing::info!(worker = %worker.owner, backend = worker.store.backend(), sinks = ?worker.known, "outboxd worker started");
+    tracing::info!(worker = %worker.owner, backend = worker.store.backend(), sinks = %worker.known.join(","), "outboxd worker started");
     worker.run().await;
     pruner.abort();
     let s = worker.counters.summary();
-    tracing::info!(?s, "outboxd worker stopped");
+    tracing::info!(
+        claimed = s.claimed,
+        delivered = s.delivered,
+        hints = s.hints,
+        done = s.done,
+        retried = s.retried,
+        dead = s.dead,
+        continued = s.continued,
+        released = s.released,
+        "outboxd worker stopped"
+    );
     Ok(s)
 }
 
@@ -693,7 +704,7 @@ impl<'c> Worker<'c> {
     async fn on_woken(&mut self, woken: Woken) {
         match woken {
             Woken::Shutdown => {
-                tracing::info!(in_flight = self.tasks.len(), grace = ?self.wc.shutdown_grace, "shutdown requested: no new claims, finishing in-flight deliveries");
+                tracing::info!(in_flight = self.tasks.len(), grace = %humantime::format_duration(self.wc.shutdown_grace), "shutdown requested: no new claims, finishing in-flight deliveries");
                 self.grace_deadline = Some(Instant::now() + self.wc.shutdown_grace);
             }
             Woken::Finished(joined) => {
@@ -798,7 +809,8 @@ impl<'c> Worker<'c> {
                 self.wc = new_config.worker.clone();
                 self.lease_ms = clock::ms(self.wc.lease);
                 self.next_housekeeping = Instant::now();
-                tracing::info!(sinks = ?self.known, "configuration reloaded");
+                self.metrics.register_sinks(&self.known);
+                tracing::info!(sinks = %self.known.join(","), "configuration reloaded");
             }
             Err(e) => {
                 tracing::error!(error = %e, "reloaded configuration rejected; keeping the previous one")
