@@ -740,7 +740,7 @@ pub async fn pause(store: &Store, sink: &SinkArg, paused: bool, note: Option<&st
     }
     match (paused, was_paused) {
         (true, false) => println!(
-            "sink {name} paused: the running daemon stops claiming its rows within one poll interval (rows in flight finish); no attempts are used while paused. `outboxd resume {name}` to deliver again"
+            "sink {name} paused: from now on no worker claims its rows (rows already in flight finish); no attempts are used while paused. `outboxd resume {name}` to deliver again"
         ),
         (true, true) => println!("sink {name} was already paused; note updated"),
         (false, true) => println!("sink {name} resumed: the daemon delivers its rows again within one poll interval"),
