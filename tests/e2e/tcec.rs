@@ -407,9 +407,7 @@ async fn a_wrong_operator_secret_holds_the_sink_until_fixed_and_reloaded() {
 /// Issue 15: 50 `connector_status` rows for 3 connectors, written while the sink is paused
 /// (an outage), end as 3 requests, the newest status of each connector; the other 47 rows
 /// finish `superseded` without being sent.
-#[tokio::test]
-async fn a_status_burst_during_an_outage_sends_one_request_per_connector() {
-    let env = Env::sqlite().await;
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector(env: Env) {
     configure(&env);
     let store = env.store().await;
     let (mut daemon, log) = env.spawn_daemon_logged();
@@ -453,9 +451,17 @@ async fn a_status_burst_during_an_outage_sends_one_request_per_connector() {
     for key in &all {
         let row = store.row(SINK, key).await.unwrap().unwrap();
         if newest.values().any(|k| k == key) {
-            assert_eq!((row.status.as_str(), row.attempts), ("delivered", 1), "{key}");
+            assert_eq!(
+                (row.status.as_str(), row.attempts),
+                ("delivered", 1),
+                "{key}"
+            );
         } else {
-            assert_eq!((row.status.as_str(), row.attempts), ("superseded", 0), "{key}");
+            assert_eq!(
+                (row.status.as_str(), row.attempts),
+                ("superseded", 0),
+                "{key}"
+            );
             superseded += 1;
         }
     }
@@ -464,4 +470,56 @@ async fn a_status_burst_during_an_outage_sends_one_request_per_connector() {
         assert_eq!(env.sim.applied_count(Platform::Tcec, &format!("C-{c}")), 1);
     }
     store.close().await;
+}
+
+/// `outboxd enqueue --supersede-key` writes the column: of two status rows with the same
+/// key, only the newer one is sent.
+#[tokio::test]
+async fn the_enqueue_cli_takes_a_supersede_key() {
+    let env = Env::sqlite().await;
+    configure(&env);
+    for (key, st) in [("CLI-OLD", 1), ("CLI-NEW", 2)] {
+        let out = env
+            .outboxd()
+            .args([
+                "enqueue",
+                "--sink",
+                SINK,
+                "--type",
+                "connector_status",
+                "--key",
+                key,
+            ])
+            .args(["--payload", &status("C-9", st).to_string()])
+            .args(["--supersede-key", "C-9"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let out = env.run_until_idle(RUN).await;
+    let store = env.store().await;
+    let old = store.row(SINK, "CLI-OLD").await.unwrap().unwrap();
+    let new = store.row(SINK, "CLI-NEW").await.unwrap().unwrap();
+    assert_eq!(
+        (old.status.as_str(), new.status.as_str()),
+        ("superseded", "delivered"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(env.sim.applied_count(Platform::Tcec, "C-9"), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector_sqlite() {
+    a_status_burst_during_an_outage_sends_one_request_per_connector(Env::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector_postgres() {
+    let Some(env) = Env::postgres().await else {
+        eprintln!("OUTBOX_TEST_PG_URL not set: skipping the Postgres variant");
+        return;
+    };
+    a_status_burst_during_an_outage_sends_one_request_per_connector(env).await;
 }

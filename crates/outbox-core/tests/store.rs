@@ -2469,7 +2469,11 @@ async fn older_rows_of_a_supersede_key_are_superseded(db: &Db) {
     // Newest per key: A = s9, B = s7, C = s8.
     assert_eq!(keys(&rows), vec!["s7", "s8", "s9", "plain"]);
     for i in 0..7 {
-        assert_eq!(status(s, "tcec", &format!("s{i}")).await, "superseded", "s{i}");
+        assert_eq!(
+            status(s, "tcec", &format!("s{i}")).await,
+            "superseded",
+            "s{i}"
+        );
     }
     assert_eq!(status(s, "pyun", "other-sink").await, "pending");
     let st = sink_stats(s, "tcec", now).await;

@@ -69,7 +69,7 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
         payload,
         ordering_key: a.ordering_key,
         not_before,
-        supersede_key: None,
+        supersede_key: a.supersede_key,
     };
     let inserted = store.enqueue(&ev).await.map_err(store_err)?;
     if a.json {
