@@ -617,7 +617,7 @@ async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String
                     r.status,
                     r.attempts,
                     match r.status.as_str() {
-                        "delivered" | "done" => "that row is final already",
+                        "delivered" | "done" | "superseded" => "that row is final already",
                         _ => "the daemon delivers that row",
                     }
                 ),
