@@ -74,13 +74,18 @@ where
 
 /// Finishes, as `superseded`, the pending rows of `sink` that have a newer row (higher id)
 /// with the same `supersede_key`: only the newest row of a key is ever sent. Runs before
-/// each claim of the sink; the partial index `outbox_supersede` keeps it cheap.
+/// each claim of the sink; the partial index `outbox_supersede` keeps it cheap. Rows another
+/// worker's transaction has locked are skipped, not waited for (a later claim finishes them):
+/// two workers' claim transactions never wait on each other here, so they cannot deadlock.
 async fn supersede_in(conn: &mut sqlx::PgConnection, sink: &str, now: i64) -> Result<u64> {
     let done = sqlx::query(
         "UPDATE outbox SET status = 'superseded', finished_at = $2 \
-         WHERE sink = $1 AND status = 'pending' AND supersede_key IS NOT NULL \
-           AND EXISTS (SELECT 1 FROM outbox n WHERE n.sink = outbox.sink \
-                       AND n.supersede_key = outbox.supersede_key AND n.id > outbox.id)",
+         WHERE status = 'pending' AND id IN ( \
+            SELECT o.id FROM outbox o \
+            WHERE o.sink = $1 AND o.status = 'pending' AND o.supersede_key IS NOT NULL \
+              AND EXISTS (SELECT 1 FROM outbox n WHERE n.sink = o.sink \
+                          AND n.supersede_key = o.supersede_key AND n.id > o.id) \
+            FOR UPDATE SKIP LOCKED)",
     )
     .bind(sink)
     .bind(now)
