@@ -1224,6 +1224,7 @@ fn event(sink: &str, key: &str, not_before: Option<i64>) -> NewEvent {
         payload: charge_end(key).to_string(),
         ordering_key: None,
         not_before,
+        supersede_key: None,
     }
 }
 

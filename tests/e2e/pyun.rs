@@ -390,6 +390,7 @@ async fn ordering_key_rows_are_delivered_one_at_a_time_in_order() {
             payload: charge_end(&key).to_string(),
             ordering_key: Some("charger-7".into()),
             not_before: None,
+            supersede_key: None,
         };
         assert!(store.enqueue(&ev).await.unwrap());
         // An unordered row between them is free to go at any time.

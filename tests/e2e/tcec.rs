@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use outbox_core::event::EventType;
+use outbox_core::event::{EventType, NewEvent};
 use outbox_core::store::Store;
 use outbox_testkit::SecretRef;
 use outboxd_e2e::{sqlite_files_contain, wait_until, Env, TCEC_SECRETS, TCEC_SECRET_ENVS};
@@ -309,6 +309,16 @@ async fn all_delivered(store: &Store, keys: &[String]) -> bool {
     true
 }
 
+async fn all_final(store: &Store, keys: &[String]) -> bool {
+    for key in keys {
+        match store.row(SINK, key).await.unwrap() {
+            Some(row) if row.status == "delivered" || row.status == "superseded" => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -392,4 +402,124 @@ async fn a_wrong_operator_secret_holds_the_sink_until_fixed_and_reloaded() {
         .is_empty());
     store.close().await;
     assert_no_secrets(&env, &read(&log), &[wrong]);
+}
+
+/// Issue 15: 50 `connector_status` rows for 3 connectors, written while the sink is paused
+/// (an outage), end as 3 requests, the newest status of each connector; the other 47 rows
+/// finish `superseded` without being sent.
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector(env: Env) {
+    configure(&env);
+    let store = env.store().await;
+    let (mut daemon, log) = env.spawn_daemon_logged();
+    let pause = env.outboxd().args(["pause", SINK]).output().unwrap();
+    assert!(pause.status.success(), "{}", output_text(&pause));
+
+    let connector = |i: usize| format!("C-{}", i % 3);
+    let mut newest = std::collections::HashMap::new();
+    for i in 0..50 {
+        let key = format!("STATUS-{i:03}");
+        let ev = NewEvent {
+            sink: SINK.into(),
+            event_type: EventType::ConnectorStatus,
+            idempotency_key: key.clone(),
+            payload: status(&connector(i), (i % 4) as i64).to_string(),
+            ordering_key: None,
+            not_before: None,
+            supersede_key: Some(connector(i)),
+        };
+        assert!(store.enqueue(&ev).await.unwrap());
+        newest.insert(connector(i), key);
+    }
+    let resume = env.outboxd().args(["resume", SINK]).output().unwrap();
+    assert!(resume.status.success(), "{}", output_text(&resume));
+
+    let all: Vec<String> = (0..50).map(|i| format!("STATUS-{i:03}")).collect();
+    wait_until("every status row final", WAIT, || all_final(&store, &all)).await;
+    signal(daemon.id().unwrap(), "-TERM");
+    let exit = tokio::time::timeout(WAIT, daemon.wait())
+        .await
+        .expect("outboxd did not stop on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}\n{}", read(&log));
+
+    let pushes: Vec<_> = tcec_requests(&env)
+        .into_iter()
+        .filter(|r| !r.path.ends_with("/query_token"))
+        .collect();
+    assert_eq!(pushes.len(), 3, "{pushes:?}");
+    let mut superseded = 0;
+    for key in &all {
+        let row = store.row(SINK, key).await.unwrap().unwrap();
+        if newest.values().any(|k| k == key) {
+            assert_eq!(
+                (row.status.as_str(), row.attempts),
+                ("delivered", 1),
+                "{key}"
+            );
+        } else {
+            assert_eq!(
+                (row.status.as_str(), row.attempts),
+                ("superseded", 0),
+                "{key}"
+            );
+            superseded += 1;
+        }
+    }
+    assert_eq!(superseded, 47);
+    for c in 0..3 {
+        assert_eq!(env.sim.applied_count(Platform::Tcec, &format!("C-{c}")), 1);
+    }
+    store.close().await;
+}
+
+/// `outboxd enqueue --supersede-key` writes the column: of two status rows with the same
+/// key, only the newer one is sent.
+#[tokio::test]
+async fn the_enqueue_cli_takes_a_supersede_key() {
+    let env = Env::sqlite().await;
+    configure(&env);
+    for (key, st) in [("CLI-OLD", 1), ("CLI-NEW", 2)] {
+        let out = env
+            .outboxd()
+            .args([
+                "enqueue",
+                "--sink",
+                SINK,
+                "--type",
+                "connector_status",
+                "--key",
+                key,
+            ])
+            .args(["--payload", &status("C-9", st).to_string()])
+            .args(["--supersede-key", "C-9"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let out = env.run_until_idle(RUN).await;
+    let store = env.store().await;
+    let old = store.row(SINK, "CLI-OLD").await.unwrap().unwrap();
+    let new = store.row(SINK, "CLI-NEW").await.unwrap().unwrap();
+    assert_eq!(
+        (old.status.as_str(), new.status.as_str()),
+        ("superseded", "delivered"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(env.sim.applied_count(Platform::Tcec, "C-9"), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector_sqlite() {
+    a_status_burst_during_an_outage_sends_one_request_per_connector(Env::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_status_burst_during_an_outage_sends_one_request_per_connector_postgres() {
+    let Some(env) = Env::postgres().await else {
+        eprintln!("OUTBOX_TEST_PG_URL not set: skipping the Postgres variant");
+        return;
+    };
+    a_status_burst_during_an_outage_sends_one_request_per_connector(env).await;
 }

@@ -240,6 +240,7 @@ impl Env {
             payload: payload.to_string(),
             ordering_key: None,
             not_before: None,
+            supersede_key: None,
         };
         assert!(
             store.enqueue(&ev).await.expect("enqueue"),

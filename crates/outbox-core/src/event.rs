@@ -74,6 +74,9 @@ pub struct NewEvent {
     pub ordering_key: Option<String>,
     /// Epoch ms before which the row is not delivered.
     pub not_before: Option<i64>,
+    /// Rows of the same sink and supersede key: only the newest (highest id) is sent, older
+    /// pending ones finish as `superseded` (for example a connector's status updates).
+    pub supersede_key: Option<String>,
 }
 
 /// The largest payload outboxd loads (1 MiB): no platform accepts more. The claim measures

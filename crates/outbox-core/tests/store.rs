@@ -222,6 +222,7 @@ store_tests!(
     an_oversized_payload_is_not_loaded,
     unconfigured_sinks_are_held_until_max_age,
     a_requeued_row_gets_a_fresh_age_clock,
+    older_rows_of_a_supersede_key_are_superseded,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ fn ev(sink: &str, key: &str) -> NewEvent {
         payload: format!(r#"{{"order":"{key}"}}"#),
         ordering_key: None,
         not_before: None,
+        supersede_key: None,
     }
 }
 
@@ -2439,4 +2441,53 @@ async fn a_requeued_row_gets_a_fresh_age_clock(db: &Db) {
     )
     .await;
     assert_eq!(dead_row_of(s, "old").await.created_at, now - three_days);
+}
+
+/// Issue 15: among rows of one (sink, supersede_key) only the newest is sent; the older
+/// pending ones finish as `superseded` (final, counted as done, pruned by retention), and a
+/// row already in flight is never touched by a newer one.
+async fn older_rows_of_a_supersede_key_are_superseded(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    let keyed = |key: &str, sk: &str| NewEvent {
+        supersede_key: Some(sk.into()),
+        ..ev("tcec", key)
+    };
+    // 10 rows for 3 keys, interleaved, plus one without a key; the same key on another
+    // sink is independent.
+    let mut events: Vec<NewEvent> = (0..10)
+        .map(|i| keyed(&format!("s{i}"), ["A", "B", "C"][i % 3]))
+        .collect();
+    events.push(ev("tcec", "plain"));
+    events.push(NewEvent {
+        supersede_key: Some("A".into()),
+        ..ev("pyun", "other-sink")
+    });
+    enqueue_all(s, &events).await;
+
+    let rows = claim(s, "tcec", "w", 100, now).await;
+    // Newest per key: A = s9, B = s7, C = s8.
+    assert_eq!(keys(&rows), vec!["s7", "s8", "s9", "plain"]);
+    for i in 0..7 {
+        assert_eq!(
+            status(s, "tcec", &format!("s{i}")).await,
+            "superseded",
+            "s{i}"
+        );
+    }
+    assert_eq!(status(s, "pyun", "other-sink").await, "pending");
+    let st = sink_stats(s, "tcec", now).await;
+    assert_eq!((st.pending, st.in_flight, st.done), (0, 4, 7));
+
+    // A newer row of key A while s9 is in flight: s9 stays in flight, the new row waits
+    // for its own claim and is sent too.
+    enqueue_all(s, &[keyed("s10", "A")]).await;
+    let rows2 = claim(s, "tcec", "w", 100, now).await;
+    assert_eq!(keys(&rows2), vec!["s10"]);
+    assert_eq!(status(s, "tcec", "s9").await, "in_flight");
+
+    // Superseded rows are final with finished_at set: retention prunes exactly them.
+    assert_eq!(s.prune_finished(now + 1, 100).await.unwrap(), 7);
+    assert_eq!(status(s, "tcec", "s0").await, "gone");
+    assert_eq!(status(s, "tcec", "s9").await, "in_flight");
 }

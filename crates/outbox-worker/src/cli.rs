@@ -138,6 +138,10 @@ pub struct EnqueueArgs {
     /// Rows with the same ordering key are delivered one at a time, in order.
     #[arg(long)]
     pub ordering_key: Option<String>,
+    /// Of the rows with the same sink and supersede key only the newest is sent; older
+    /// waiting ones finish as `superseded` (e.g. a connector's id on its status rows).
+    #[arg(long)]
+    pub supersede_key: Option<String>,
     /// Do not deliver before this time (RFC 3339, e.g. 2026-11-24T10:00:00Z).
     #[arg(long)]
     pub not_before: Option<String>,

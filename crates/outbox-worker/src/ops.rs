@@ -69,6 +69,7 @@ pub async fn enqueue(store: &Store, a: EnqueueArgs) -> CmdResult {
         payload,
         ordering_key: a.ordering_key,
         not_before,
+        supersede_key: a.supersede_key,
     };
     let inserted = store.enqueue(&ev).await.map_err(store_err)?;
     if a.json {
@@ -616,7 +617,7 @@ async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String
                     r.status,
                     r.attempts,
                     match r.status.as_str() {
-                        "delivered" | "done" => "that row is final already",
+                        "delivered" | "done" | "superseded" => "that row is final already",
                         _ => "the daemon delivers that row",
                     }
                 ),

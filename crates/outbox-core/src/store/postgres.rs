@@ -57,8 +57,8 @@ where
     E: sqlx::Executor<'c, Database = Postgres>,
 {
     let done = sqlx::query(
-        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sink, idempotency_key) DO NOTHING",
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before, supersede_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sink, idempotency_key) DO NOTHING",
     )
     .bind(&ev.sink)
     .bind(ev.event_type.as_str())
@@ -66,9 +66,32 @@ where
     .bind(&ev.payload)
     .bind(&ev.ordering_key)
     .bind(ev.not_before)
+    .bind(&ev.supersede_key)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Finishes, as `superseded`, the pending rows of `sink` that have a newer row (higher id)
+/// with the same `supersede_key`: only the newest row of a key is ever sent. Runs before
+/// each claim of the sink; the partial index `outbox_supersede` keeps it cheap. Rows another
+/// worker's transaction has locked are skipped, not waited for (a later claim finishes them):
+/// two workers' claim transactions never wait on each other here, so they cannot deadlock.
+async fn supersede_in(conn: &mut sqlx::PgConnection, sink: &str, now: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'superseded', finished_at = $2 \
+         WHERE status = 'pending' AND id IN ( \
+            SELECT o.id FROM outbox o \
+            WHERE o.sink = $1 AND o.status = 'pending' AND o.supersede_key IS NOT NULL \
+              AND EXISTS (SELECT 1 FROM outbox n WHERE n.sink = o.sink \
+                          AND n.supersede_key = o.supersede_key AND n.id > o.id) \
+            FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(sink)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The rows of an ordering key that keep a row of the same key (`o`) from being claimed:
@@ -273,6 +296,7 @@ impl PgStore {
         now: i64,
         lease_until: i64,
     ) -> Result<Vec<ClaimedRow>> {
+        supersede_in(tx, sink, now).await?;
         let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(&candidates_sql())
             .bind(sink)
             .bind(now)
@@ -813,12 +837,12 @@ impl Backend for PgStore {
                 FROM open GROUP BY sink), \
              r AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox \
-                WHERE status IN ('delivered', 'done') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              f AS ( \
                 SELECT sink, count(*) FILTER (WHERE status = 'delivered') AS delivered, \
-                  count(*) FILTER (WHERE status = 'done') AS done, count(hint) AS hints \
-                FROM outbox WHERE status IN ('delivered', 'done') GROUP BY sink), \
+                  count(*) FILTER (WHERE status IN ('done', 'superseded')) AS done, count(hint) AS hints \
+                FROM outbox WHERE status IN ('delivered', 'done', 'superseded') GROUP BY sink), \
              d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              sinks AS (SELECT sink FROM o UNION SELECT sink FROM f UNION SELECT sink FROM d \
                        UNION SELECT sink FROM outbox_sinks UNION SELECT sink FROM outbox_key_repeats) \
@@ -1031,7 +1055,7 @@ impl Backend for PgStore {
             // One statement: both deletes see the same chosen ids.
             let n = sqlx::query(
                 "WITH doomed AS ( \
-                SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < $1 \
+                SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded') AND finished_at < $1 \
                 ORDER BY finished_at LIMIT $2), \
              history AS (DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM doomed)) \
              DELETE FROM outbox WHERE id IN (SELECT id FROM doomed)",

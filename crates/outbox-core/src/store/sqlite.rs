@@ -92,8 +92,8 @@ where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
     let done = sqlx::query(
-        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sink, idempotency_key) DO NOTHING",
+        "INSERT INTO outbox (sink, event_type, idempotency_key, payload, ordering_key, not_before, supersede_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (sink, idempotency_key) DO NOTHING",
     )
     .bind(&ev.sink)
     .bind(ev.event_type.as_str())
@@ -101,6 +101,7 @@ where
     .bind(&ev.payload)
     .bind(&ev.ordering_key)
     .bind(ev.not_before)
+    .bind(&ev.supersede_key)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -266,6 +267,23 @@ impl SqliteStore {
     }
 }
 
+/// Finishes, as `superseded`, the pending rows of `sink` that have a newer row (higher id)
+/// with the same `supersede_key`: only the newest row of a key is ever sent. Runs before
+/// each claim of the sink; the partial index `outbox_supersede` keeps it cheap.
+async fn supersede_in(conn: &mut sqlx::SqliteConnection, sink: &str, now: i64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'superseded', finished_at = ?2 \
+         WHERE sink = ?1 AND status = 'pending' AND supersede_key IS NOT NULL \
+           AND EXISTS (SELECT 1 FROM outbox n WHERE n.sink = outbox.sink \
+                       AND n.supersede_key = outbox.supersede_key AND n.id > outbox.id)",
+    )
+    .bind(sink)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 async fn claim_in(
     conn: &mut sqlx::SqliteConnection,
     sink: &str,
@@ -274,6 +292,7 @@ async fn claim_in(
     now: i64,
     lease_until: i64,
 ) -> Result<Vec<ClaimedRow>> {
+    supersede_in(conn, sink, now).await?;
     // One statement: it takes the write lock before reading, so it waits on the busy
     // timeout instead of failing when a producer is writing. A paused sink is checked here,
     // in the claiming statement, so a pause takes effect when `outboxd pause` commits, not
@@ -715,12 +734,12 @@ impl Backend for SqliteStore {
                 FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight' GROUP BY sink), \
              recent AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox INDEXED BY outbox_finished \
-                WHERE status IN ('delivered', 'done') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              final AS ( \
-                SELECT sink, sum(status = 'delivered') AS delivered, sum(status = 'done') AS done, \
+                SELECT sink, sum(status = 'delivered') AS delivered, sum(status IN ('done', 'superseded')) AS done, \
                        count(hint) AS hints \
-                FROM outbox NOT INDEXED WHERE status IN ('delivered', 'done') GROUP BY sink), \
+                FROM outbox NOT INDEXED WHERE status IN ('delivered', 'done', 'superseded') GROUP BY sink), \
              dead AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              errors AS ( \
                 SELECT sink, last_error, max(coalesce(last_attempt_at, 0)) FROM ( \
@@ -970,7 +989,7 @@ impl Backend for SqliteStore {
         Box::pin(async move {
             let mut tx = WriteTx::begin(&self.pool).await?;
             let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM outbox WHERE status IN ('delivered', 'done') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
+            "SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
         )
         .bind(before)
         .bind(batch)

@@ -86,6 +86,7 @@ async fn a_delivery_longer_than_the_lease_is_attempted_once() {
         payload: payload("SLOW-1"),
         ordering_key: None,
         not_before: None,
+        supersede_key: None,
     };
     assert!(store.enqueue(&ev).await.unwrap());
 
