@@ -160,12 +160,17 @@ impl Platform for Tcec {
             (info, None)
         });
         let classified = delivery.classified;
-        // Whose fault: refused credentials and a redirect are the sink's; the rest is
-        // judged row by row (T/CEC's codes are not classified by scope yet).
+        // Whose fault: refused credentials, a wrong signature (4001), a reply signed with
+        // another key and a token refused again are the sink's secrets; a redirect its URL;
+        // an HTTP status says what it says for every platform; the rest is the row's.
         let blame = if delivery.hold.is_some() {
             Blame::Sink(SinkCause::Auth)
         } else if redirect.is_some() {
             Blame::Sink(SinkCause::Config)
+        } else if let Some(b) = info.http_status.and_then(Blame::of_status) {
+            b
+        } else if classified.scope == reply::Scope::Sink {
+            Blame::Sink(SinkCause::Auth)
         } else {
             Blame::Row
         };

@@ -472,6 +472,13 @@ mod wired {
             "{forged:?}"
         );
         assert_eq!(sink.hold(0), None, "a bad Sig is retried, not held");
+        // Not the row's fault: a reply signed with another key says the secrets are wrong,
+        // so a streak of them holds the sink instead of using up the backlog.
+        assert_eq!(
+            forged.blame,
+            crate::outcome::Blame::Sink(crate::health::SinkCause::Auth)
+        );
+        assert_eq!(disputed.blame, crate::outcome::Blame::Row);
         assert!(matches!(
             sink.deliver(&order("F")).await.verdict,
             Verdict::Delivered { .. }
