@@ -183,9 +183,15 @@ JSON
 for key in TC-OK-1 TC-OK-2 TC-OK-3 TC-RETRY TC-FORGED TC-DISPUTED TC-REJECT; do
   charge_order "$key" | enqueue supervision charge_order "$key"
 done
+# A burst of connector statuses, as a station writes them while the platform is away: each
+# status carries its connector as supersede_key, so only the newest of each connector is sent
+# and the older ones end `superseded`, unsent.
 for n in 1 2 3; do
-  echo "{\"ConnectorStatusInfo\": {\"ConnectorID\": \"3702120244102_$n\", \"Status\": 3}}" \
-    | enqueue supervision connector_status "ST-$n"
+  for step in 1 2 3 4; do
+    echo "{\"ConnectorStatusInfo\": {\"ConnectorID\": \"3702120244102_$n\", \"Status\": $((step % 4))}}" \
+      | "$BIN/outboxd" enqueue --sink supervision --type connector_status --key "ST-$n-$step" \
+        --supersede-key "3702120244102_$n" --payload @- >/dev/null
+  done
 done
 "$BIN/outboxd" status
 
@@ -213,6 +219,16 @@ query = "SELECT idempotency_key, outcome, result FROM outbox_outcomes WHERE sink
 print("    " + query)
 for key, outcome, result in db.execute(query, ("lbb",)):
     print(f"    {key}: {outcome:8} {result}")
+PY
+echo
+echo "==> the connector status burst: the newest status per connector sent, the rest superseded"
+python3 - "$DEMO/outbox.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+query = ("SELECT idempotency_key, status FROM outbox "
+         "WHERE sink = 'supervision' AND event_type = 'connector_status' ORDER BY idempotency_key")
+for key, status in db.execute(query):
+    print(f"    {key}: {status}")
 PY
 echo
 echo "==> what the simulated platforms saw"
