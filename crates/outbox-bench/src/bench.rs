@@ -226,17 +226,35 @@ impl Drain {
     }
 }
 
+/// The drain's config: the sink's defaults when `concurrency` is 0, else that ceiling.
 pub fn drain_config(work: &Work, sim: &Sim, concurrency: usize) -> Config {
+    let line = format!("concurrency = {concurrency}");
+    let extra: &[&str] = if concurrency == 0 { &[] } else { &[&line] };
     Config {
         log_level: Some("warn".into()),
-        sinks: vec![pyun_sink(
-            work,
-            "pyun",
-            sim,
-            &[&format!("concurrency = {concurrency}")],
-        )],
+        sinks: vec![pyun_sink(work, "pyun", sim, extra)],
         ..Config::default()
     }
+}
+
+/// Tasks of the bare loop beside a drain at `concurrency` (0: the defaults): as many, or
+/// [`BARE_TASKS`] beside the defaults.
+pub fn bare_tasks(concurrency: usize) -> usize {
+    if concurrency == 0 {
+        BARE_TASKS
+    } else {
+        concurrency
+    }
+}
+
+/// The bare loop's tasks beside a drain with the default configuration: past its knee on
+/// this kind of machine (`outbox-bench baseline --concurrency N`), so the ratio is against
+/// the loop at its best.
+pub const BARE_TASKS: usize = 128;
+
+/// A simulator that counts requests and keeps none (the bench's sink must not be the limit).
+pub async fn counting_sim(work: &Work, name: &str) -> Result<Sim> {
+    Sim::start(work, name, Some(serde_json::json!({ "count_only": true }))).await
 }
 
 /// Drains the `rows` pending rows of `db` (already inserted) with a fresh simulator.
@@ -248,7 +266,7 @@ pub async fn drain_once(
     workers: usize,
     name: &str,
 ) -> Result<Drain> {
-    let sim = Sim::start(&ctx.work, &format!("{name}-sim"), None).await?;
+    let sim = counting_sim(&ctx.work, &format!("{name}-sim")).await?;
     let config = drain_config(&ctx.work, &sim, concurrency);
     let pg = matches!(db.pool, Pool::Pg(_));
     let db_cpu = pg.then(PgCpu::start);
@@ -328,11 +346,13 @@ pub async fn drain(
     } else {
         String::new()
     };
+    let setting = if concurrency == 0 {
+        "default configuration".to_string()
+    } else {
+        format!("sink concurrency {concurrency} per outboxd")
+    };
     let mut t = Table::new(
-        &format!(
-            "Drain {} rows (sink concurrency {concurrency} per outboxd){runs}",
-            thousands(rows as f64)
-        ),
+        &format!("Drain {} rows ({setting}){runs}", thousands(rows as f64)),
         &[
             "sender",
             "wall s",
@@ -358,14 +378,15 @@ pub async fn drain(
     };
     let mut bares = Vec::new();
     for i in 0..repeat {
-        let sim = Sim::start(&ctx.work, "bare-sim", None).await?;
-        bares.push(bare_loop(&sim, rows, concurrency, &format!("L{i}-")).await?);
+        let sim = counting_sim(&ctx.work, "bare-sim").await?;
+        let tasks = bare_tasks(concurrency);
+        bares.push(bare_loop(&sim, rows, tasks, &format!("L{i}-")).await?);
     }
     bares.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     let rates: Vec<f64> = bares.iter().map(Bare::rate).collect();
     let bare = &bares[bares.len() / 2];
     t.row(vec![
-        format!("bare tokio+reqwest loop, {concurrency} tasks"),
+        format!("bare tokio+reqwest loop, {} tasks", bare_tasks(concurrency)),
         format!("{:.2}", bare.secs),
         format!("{}{}", thousands(bare.rate()), spread(&rates)),
         "1.00".into(),

@@ -59,8 +59,10 @@ enum Cmd {
     Drain {
         #[arg(long, default_value_t = 100_000)]
         rows: u64,
-        /// Sink concurrency per outboxd (and bare-loop tasks); several values make several tables.
-        #[arg(long, value_delimiter = ',', default_value = "128")]
+        /// Sink concurrency per outboxd (and bare-loop tasks); several values make several
+        /// tables. 0: the default configuration (no concurrency set; the bare loop runs 128
+        /// tasks).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
         concurrency: Vec<usize>,
         /// outboxd processes on the Postgres outbox.
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]

@@ -16,4 +16,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod sinks;
 pub mod store;
+pub mod window;
 pub mod worker;

@@ -28,6 +28,10 @@ pub struct HealthView {
     pub clock_skew_ms: Option<i64>,
     /// Holds since the daemon started.
     pub holds: u64,
+    /// How many rows it may have in flight now (the adaptive window; `None` for the link).
+    pub window: Option<usize>,
+    /// The window's ceiling: the sink's `concurrency`.
+    pub ceiling: Option<usize>,
 }
 
 impl HealthView {
@@ -357,6 +361,26 @@ fn render_states(out: &mut String, stats: &[SinkStats], health: &HealthBoard) {
             );
         }
     }
+    out.push_str("# HELP outboxd_sink_window Rows the sink may have in flight now: the adaptive window, between 1 and its concurrency.\n");
+    out.push_str("# TYPE outboxd_sink_window gauge\n");
+    for (name, v) in &health.sinks {
+        if let Some(w) = v.window {
+            let _ = writeln!(out, "outboxd_sink_window{{sink=\"{}\"}} {w}", esc(name));
+        }
+    }
+    out.push_str(
+        "# HELP outboxd_sink_concurrency The ceiling of the sink's window (its `concurrency`).\n",
+    );
+    out.push_str("# TYPE outboxd_sink_concurrency gauge\n");
+    for (name, v) in &health.sinks {
+        if let Some(c) = v.ceiling {
+            let _ = writeln!(
+                out,
+                "outboxd_sink_concurrency{{sink=\"{}\"}} {c}",
+                esc(name)
+            );
+        }
+    }
     out.push_str("# HELP outboxd_platform_clock_skew_seconds The platform's clock minus ours, from its replies' Date header.\n");
     out.push_str("# TYPE outboxd_platform_clock_skew_seconds gauge\n");
     for (name, v) in &health.sinks {
@@ -436,6 +460,8 @@ mod tests {
             next_probe_ms: Some(now_ms() + 5_000),
             clock_skew_ms: Some(-1_200_000),
             holds: 1,
+            window: Some(4),
+            ceiling: Some(512),
         };
         m.set_health(HealthBoard {
             sinks: [("pyun".to_string(), held)].into(),
@@ -450,6 +476,8 @@ mod tests {
             "outboxd_sink_state{sink=\"epeis\",state=\"held\"} 0",
             "outboxd_sink_holds_total{sink=\"pyun\",kind=\"auth\"} 1",
             "outboxd_platform_clock_skew_seconds{sink=\"pyun\"} -1200",
+            "outboxd_sink_window{sink=\"pyun\"} 4",
+            "outboxd_sink_concurrency{sink=\"pyun\"} 512",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -175,6 +175,7 @@ fn status_table(
                 s.pending.to_string(),
                 s.due_now.to_string(),
                 s.in_flight.to_string(),
+                window(health, &s.sink),
                 s.oldest_pending_ms.map(age).unwrap_or_else(|| "-".into()),
                 p.warn_count(s.retrying),
                 s.delivered_last_hour.to_string(),
@@ -193,6 +194,7 @@ fn status_table(
             "PENDING",
             "DUE",
             "IN FLIGHT",
+            "WINDOW",
             "OLDEST",
             "RETRYING",
             "LAST HOUR",
@@ -201,7 +203,7 @@ fn status_table(
             "DEAD",
             "HINTS",
         ],
-        &[L, L, R, R, R, R, R, R, R, R, R, R],
+        &[L, L, R, R, R, R, R, R, R, R, R, R, R],
         &rows,
     );
     let mut notes = Vec::new();
@@ -274,6 +276,19 @@ fn status_table(
         }
     }
     out
+}
+
+/// The sink's in-flight window as the daemon sees it now, "WINDOW/CEILING" ("-" when no
+/// daemon answered).
+fn window(health: &Result<serde_json::Value, String>, sink: &str) -> String {
+    let Ok(h) = health else {
+        return "-".into();
+    };
+    let v = &h["sinks"][sink];
+    match (v["window"].as_u64(), v["ceiling"].as_u64()) {
+        (Some(w), Some(c)) => format!("{w}/{c}"),
+        _ => "-".into(),
+    }
 }
 
 /// "pyun: held (auth) since 2m 3s: 4pyun code 401 ...; next probe in 4s"

@@ -39,6 +39,11 @@ pub trait Platform: Sized + Send + Sync + 'static {
     const TYPE: &'static str;
     /// The event types its rows may carry (most platforms take one; T/CEC takes two).
     const EVENT_TYPES: &'static [EventType];
+    /// The sink's `concurrency` when its section sets none: the ceiling of the adaptive
+    /// in-flight window ([`crate::window`]). High where the platform deduplicates re-sent
+    /// keys (a crash re-sends at most what was in flight, harmlessly); low where a re-send
+    /// could apply an event twice or start a charger twice.
+    const DEFAULT_CONCURRENCY: usize;
     /// Its own keys of a `[sinks.NAME]` section (a struct with `deny_unknown_fields`).
     type Config: DeserializeOwned + Clone + std::fmt::Debug + Send + Sync;
 
@@ -165,6 +170,14 @@ macro_rules! registry {
                 None
             }
 
+            /// The default `concurrency` of platform `type_name`.
+            fn default_concurrency(type_name: &str) -> Option<usize> {
+                $(if type_name == <$platform as Platform>::TYPE {
+                    return Some(<$platform as Platform>::DEFAULT_CONCURRENCY);
+                })+
+                None
+            }
+
             /// Whether `key` belongs to any platform.
             fn any_keys(key: &str) -> bool {
                 Self::type_names()
@@ -286,6 +299,36 @@ mod tests {
         assert_eq!(
             PlatformConfig::type_names(),
             ["pyun", "epeis", "lbbtech", "tcec"]
+        );
+    }
+
+    #[test]
+    fn concurrency_defaults_to_the_platforms_ceiling_unless_set() {
+        let parse = |section: &str| -> usize {
+            let cfg: SinkConfig = toml::from_str(section).unwrap();
+            cfg.settings.concurrency
+        };
+        let ids = "channel_did = \"CH00000000000001\"\nregister_did = \"RG00000000000001\"\naccount_did = \"AC00000000000001\"";
+        // Where a re-send is harmless the ceiling is high; where it is not, low.
+        assert_eq!(
+            parse("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\""),
+            256
+        );
+        assert_eq!(
+            parse(&format!("type = \"epeis\"\nurl = \"https://x/\"\n{ids}")),
+            8
+        );
+        assert_eq!(parse("type = \"lbbtech\"\nurl = \"https://x/open\""), 32);
+        // An operator's value wins, lower or higher.
+        assert_eq!(
+            parse("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\"\nconcurrency = 4"),
+            4
+        );
+        assert_eq!(
+            parse(&format!(
+                "type = \"epeis\"\nurl = \"https://x/\"\n{ids}\nconcurrency = 64"
+            )),
+            64
         );
     }
 

@@ -24,7 +24,8 @@ pub struct SinkSettings {
     /// The platform endpoint; for lbbtech the API base including `/open`
     /// (e.g. `https://center.lbbtech.com/open`), which the start, poll and verify paths hang off.
     pub url: String,
-    /// Deliveries to this sink in flight at once.
+    /// The most deliveries to this sink in flight at once: the ceiling of its adaptive
+    /// window. Default: the platform's (`Platform::DEFAULT_CONCURRENCY`).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Per-request timeout.
@@ -114,10 +115,17 @@ impl SinkConfig {
                 platform.insert(k, v);
             }
         }
+        let given_concurrency = settings.contains_key("concurrency");
+        let mut settings: SinkSettings = toml::Value::Table(settings)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        if !given_concurrency {
+            if let Some(c) = PlatformConfig::default_concurrency(&type_name) {
+                settings.concurrency = c;
+            }
+        }
         Ok(SinkConfig {
-            settings: toml::Value::Table(settings)
-                .try_into()
-                .map_err(|e: toml::de::Error| e.message().to_string())?,
+            settings,
             platform: PlatformConfig::parse(&type_name, platform)?,
             misplaced,
         })

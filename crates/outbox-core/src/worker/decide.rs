@@ -17,6 +17,7 @@ use crate::outcome::{AttemptInfo, Blame, StepOutcome, Verdict};
 use crate::retry::{Decision, RetryPolicy};
 use crate::sinks::Sink;
 use crate::store::{Action, Completion, DeadKind};
+use crate::window::Signal;
 
 /// A delivery task's row, remembered by task id so a panicked or aborted task still names
 /// its row.
@@ -158,7 +159,15 @@ pub(crate) fn finish(
                 let observed = observed(&outcome, slot);
                 slot.health.record(row.id, &observed, at)
             };
+            if effect.transition.as_ref().is_some_and(|t| t.to == "held") {
+                // A platform coming back from a hold sees the initial window, not the
+                // ceiling.
+                slot.window.restart();
+            }
             transitions.extend(effect.transition);
+            let rtt = Duration::from_micros(outcome.info.duration_us.max(0) as u64);
+            let sent = at.checked_sub(rtt).unwrap_or(at);
+            slot.window.on_reply(window_signal(&outcome), sent, at);
             if let Some(connected) = reached(&outcome) {
                 transitions.extend(link.observe(&slot.name, connected, at));
             }
@@ -188,6 +197,33 @@ pub(crate) fn finish(
         },
     };
     Some((f.slot, completion))
+}
+
+/// What a step says about the platform's load, for the sink's in-flight window: an answer
+/// is clean unless it blames the platform being unavailable (429, 5xx, timeouts); a step
+/// that sent nothing, or failed on credentials, clock or URL (the sink's health holds it),
+/// says nothing about load.
+pub(crate) fn window_signal(outcome: &StepOutcome) -> Signal {
+    let answered = outcome.info.http_status.is_some();
+    match (&outcome.verdict, outcome.blame) {
+        (
+            Verdict::Retry {
+                retry_after: Some(_),
+                ..
+            },
+            _,
+        ) => Signal::Congested,
+        (Verdict::Delivered { .. } | Verdict::Completed { .. } | Verdict::Continue { .. }, _) => {
+            if answered {
+                Signal::Clean
+            } else {
+                Signal::Neutral
+            }
+        }
+        (_, Blame::Sink(SinkCause::Unavailable)) => Signal::Congested,
+        (_, Blame::Row) if answered => Signal::Clean,
+        _ => Signal::Neutral,
+    }
 }
 
 /// What a step says about its sink's health. A `Retry-After` holds the sink until then; a
@@ -579,6 +615,67 @@ mod tests {
     }
 
     #[test]
+    fn what_a_step_tells_the_window() {
+        let step = |verdict: Verdict, status: Option<u16>, blame: Blame| StepOutcome {
+            verdict,
+            info: AttemptInfo {
+                http_status: status,
+                ..Default::default()
+            },
+            blame,
+        };
+        let ok = || Verdict::Delivered {
+            hint: None,
+            result: None,
+        };
+        let unavailable = Blame::Sink(SinkCause::Unavailable);
+        assert_eq!(
+            window_signal(&step(ok(), Some(200), Blame::Row)),
+            Signal::Clean
+        );
+        // A success decided without a request says nothing about the platform's load.
+        assert_eq!(
+            window_signal(&step(ok(), None, Blame::Row)),
+            Signal::Neutral
+        );
+        // 5xx, 429, timeouts: the platform struggles.
+        assert_eq!(
+            window_signal(&step(retry("HTTP 503"), Some(503), unavailable)),
+            Signal::Congested
+        );
+        assert_eq!(
+            window_signal(&step(retry("timed out"), None, unavailable)),
+            Signal::Congested
+        );
+        let asked = Verdict::Retry {
+            reason: "429".into(),
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        assert_eq!(
+            window_signal(&step(asked, Some(429), unavailable)),
+            Signal::Congested
+        );
+        // The row's own problem, answered promptly: the platform is well.
+        let bad = Verdict::Permanent {
+            reason: "field".into(),
+        };
+        assert_eq!(
+            window_signal(&step(bad.clone(), Some(400), Blame::Row)),
+            Signal::Clean
+        );
+        // Refused credentials and unreachable hosts are for the sink's health, not the window.
+        let auth = Blame::Sink(SinkCause::Auth);
+        assert_eq!(
+            window_signal(&step(bad.clone(), Some(401), auth)),
+            Signal::Neutral
+        );
+        assert_eq!(
+            window_signal(&step(bad, None, Blame::Link)),
+            Signal::Neutral
+        );
+    }
+
+    #[test]
     fn what_a_step_tells_the_sinks_health() {
         use crate::health::{HealthConfig, SinkHealth};
         let (sink, policy) = pyun();
@@ -587,6 +684,7 @@ mod tests {
             sink: std::sync::Arc::new(sink),
             policy,
             concurrency: 1,
+            window: crate::window::Window::new(1),
             in_flight: 0,
             held: None,
             health: SinkHealth::new("pyun", HealthConfig::default()),

@@ -34,6 +34,7 @@ use crate::outcome::StepOutcome;
 use crate::shutdown::Shutdown;
 use crate::store::wake::Wake;
 use crate::store::{Action, Completion, Store};
+use crate::window::Window;
 
 pub use decide::decide;
 use decide::{finish, InFlight, Joined};
@@ -439,8 +440,14 @@ impl<'c> Worker<'c> {
             round.db_ready = false;
             return None;
         }
-        // Every round renews the leases of the rows still being delivered.
-        let renew: Vec<i64> = self.in_flight.values().map(|f| f.row_id).collect();
+        // The leases of the rows still being delivered are renewed a quarter of a lease
+        // after the last renewal (rows claimed since have later leases): renewing them in
+        // every round would rewrite the whole window once per round.
+        let renew: Vec<i64> = if renew_due {
+            self.in_flight.values().map(|f| f.row_id).collect()
+        } else {
+            Vec::new()
+        };
         let (started, now) = (Instant::now(), now_ms());
         let cycle = self.store.cycle(
             &self.owner,
@@ -465,7 +472,9 @@ impl<'c> Worker<'c> {
                 self.committed();
                 // The lease clock of this round's claims and renewals started before the
                 // transaction: a slow commit brings the next renewal forward.
-                self.renewed_at = started;
+                if renew_due || self.in_flight.is_empty() {
+                    self.renewed_at = started;
+                }
                 for (rows, (_, limit)) in claimed.iter().zip(&plan.claims) {
                     if rows.len() as u32 == *limit {
                         round.more_waiting = true;
@@ -750,6 +759,8 @@ impl<'c> Worker<'c> {
                 let now = Instant::now();
                 for slot in &mut self.slots {
                     slot.health.link_restored(now);
+                    // After an outage the platforms see the initial window again.
+                    slot.window.restart();
                 }
             }
             let kind = t.kind.map(|k| k.as_str()).unwrap_or("");
@@ -764,7 +775,7 @@ impl<'c> Worker<'c> {
     /// `/healthz`, `/metrics`).
     fn publish_health(&self) {
         let (at, now) = (Instant::now(), now_ms());
-        let view = |snap: crate::health::Snapshot, skew: Option<i64>| {
+        let view = |snap: crate::health::Snapshot, skew: Option<i64>, window: Option<&Window>| {
             let epoch = |i: Instant| {
                 let ahead = clock::ms(i.saturating_duration_since(at));
                 let behind = clock::ms(at.saturating_duration_since(i));
@@ -778,6 +789,8 @@ impl<'c> Worker<'c> {
                 next_probe_ms: snap.next_probe.map(epoch),
                 clock_skew_ms: skew,
                 holds: snap.holds,
+                window: window.map(Window::limit),
+                ceiling: window.map(Window::ceiling),
             }
         };
         let sinks = self
@@ -785,13 +798,13 @@ impl<'c> Worker<'c> {
             .iter()
             .filter(|s| s.concurrency > 0)
             .map(|s| {
-                let v = view(s.health.snapshot(), s.sink.clock_skew_ms());
+                let v = view(s.health.snapshot(), s.sink.clock_skew_ms(), Some(&s.window));
                 (s.name.clone(), v)
             })
             .collect();
         self.metrics.set_health(HealthBoard {
             sinks,
-            link: Some(view(self.link.snapshot(), None)),
+            link: Some(view(self.link.snapshot(), None, None)),
         });
     }
 

@@ -10,12 +10,17 @@ use crate::config::Config;
 use crate::health::{HealthConfig, LinkHealth, Permit, SinkHealth, Transition};
 use crate::retry::RetryPolicy;
 use crate::sinks::Sink;
+use crate::window::Window;
 
 pub(crate) struct SinkSlot {
     pub(crate) name: String,
     pub(crate) sink: Arc<Sink>,
     pub(crate) policy: RetryPolicy,
+    /// The ceiling of the window (the sink's `concurrency`); 0 once removed by a reload.
     pub(crate) concurrency: usize,
+    /// How many rows may be in flight now: adapts between 1 and `concurrency`
+    /// ([`crate::window`]).
+    pub(crate) window: Window,
     pub(crate) in_flight: usize,
     /// Why the sink is held (see [`Sink::hold`]), to log only changes.
     pub(crate) held: Option<String>,
@@ -62,6 +67,7 @@ pub(crate) fn build_slots(config: &Config) -> Result<Vec<SinkSlot>, WorkerError>
             sink: Arc::new(sink),
             policy: sc.retry_policy(&config.retry).clone(),
             concurrency: sc.settings.concurrency,
+            window: Window::new(sc.settings.concurrency),
             in_flight: 0,
             held: None,
             health: SinkHealth::new(name.clone(), sc.settings.health.clone()),
@@ -94,6 +100,7 @@ pub(crate) fn reload_slots(
                 s.sink = f.sink;
                 s.policy = f.policy;
                 s.concurrency = f.concurrency;
+                s.window.set_ceiling(f.concurrency);
                 s.held = None;
                 s.health.set_config(f.health_config.clone());
                 s.health_config = f.health_config;
@@ -146,18 +153,19 @@ pub(crate) fn report_skew(slot: &mut SinkSlot) {
     }
 }
 
-/// How many rows a slot should claim now, or `None` to skip it this round. `finishing` are
-/// its rows whose verdicts are about to be written: their slots count as free.
+/// How many rows a slot should claim now, or `None` to skip it this round. `window` is how
+/// many it may have in flight; `finishing` are its rows whose verdicts are about to be
+/// written: their slots count as free.
 pub(crate) fn claim_size(
-    concurrency: usize,
+    window: usize,
     in_flight: usize,
     finishing: usize,
     batch_size: u32,
 ) -> Option<u32> {
-    let free = (concurrency + finishing).saturating_sub(in_flight);
+    let free = (window + finishing).saturating_sub(in_flight);
     // Refill in chunks: claiming one row per freed slot would cost a commit (an fsync) per
     // row.
-    let threshold = (concurrency / 4).max(1);
+    let threshold = (window / 4).max(1);
     if free == 0 || (free < threshold && in_flight > finishing) {
         return None;
     }
@@ -194,7 +202,8 @@ pub(crate) fn plan_claims(
             continue;
         }
         let finishing = pending_slots.iter().filter(|s| **s == i).count();
-        match claim_size(slot.concurrency, slot.in_flight, finishing, batch_size) {
+        let window = slot.window.limit();
+        match claim_size(window, slot.in_flight, finishing, batch_size) {
             Some(limit) => {
                 // A probe is one row; so is every claim while a streak of sink failures is
                 // running, so a failing platform sees at most `hold_after` rows before the
@@ -213,7 +222,7 @@ pub(crate) fn plan_claims(
                     link_permit = Permit::Wait(None);
                 }
             }
-            None => plan.more_waiting |= slot.concurrency + finishing <= slot.in_flight,
+            None => plan.more_waiting |= window + finishing <= slot.in_flight,
         }
     }
     plan

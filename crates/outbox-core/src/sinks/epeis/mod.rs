@@ -67,6 +67,8 @@ pub struct Epeis {
 
 impl Platform for Epeis {
     const TYPE: &'static str = "epeis";
+    /// No idempotency key: every row in flight at a crash may be applied twice.
+    const DEFAULT_CONCURRENCY: usize = 8;
     const EVENT_TYPES: &'static [EventType] = &[EventType::Dosage];
     type Config = EpeisConfig;
 

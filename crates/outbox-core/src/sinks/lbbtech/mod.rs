@@ -101,6 +101,8 @@ pub struct Lbbtech {
 
 impl Platform for Lbbtech {
     const TYPE: &'static str = "lbbtech";
+    /// Each row starts a charger: a re-sent start is parked for an operator, so keep few in flight.
+    const DEFAULT_CONCURRENCY: usize = 32;
     const EVENT_TYPES: &'static [EventType] = &[EventType::ChargeStart];
     type Config = LbbtechConfig;
 
