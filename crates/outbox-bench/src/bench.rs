@@ -665,8 +665,13 @@ async fn claim_cost(db: &Db) -> Result<Claim> {
 
 /// Scenario 3 (and the peak RSS of scenario 4): claim cost and drain rate per backlog.
 pub async fn backlog(ctx: &Ctx, cases: &[Case], concurrency: usize) -> Result<Vec<Table>> {
+    let drains = if concurrency == 0 {
+        "drains with the default configuration".to_string()
+    } else {
+        format!("drains at concurrency {concurrency}")
+    };
     let mut t = Table::new(
-        &format!("Backlog scaling (claims of {CLAIM_LIMIT} rows, {CLAIMS} each; drains at concurrency {concurrency})"),
+        &format!("Backlog scaling (claims of {CLAIM_LIMIT} rows, {CLAIMS} each; {drains})"),
         &[
             "backend",
             "backlog",

@@ -87,7 +87,8 @@ enum Cmd {
         /// A last case: the first pending count with this many delivered rows in the table.
         #[arg(long, default_value_t = 5_000_000)]
         delivered: u64,
-        #[arg(long, default_value_t = 128)]
+        /// Sink concurrency of the drains (0: the default configuration).
+        #[arg(long, default_value_t = 0)]
         concurrency: usize,
     },
     /// Scenario 4: idle CPU with an empty outbox.
