@@ -11,6 +11,7 @@ mod keys;
 mod lbbtech;
 mod logs;
 mod ops;
+mod page;
 mod postgres;
 mod pyun;
 mod send;

@@ -33,7 +33,7 @@ const STYLE: &str = "<style>\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}\
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
 .state{font-weight:600}.active{color:#17702b}.paused{color:#8a6100}.held{color:#b3261e}\
 .muted{color:#666}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap;word-break:break-all;max-width:70em}\
 figure{display:inline-block;margin:0 1.5em 1em 0}figcaption{font-weight:600}\
@@ -212,7 +212,7 @@ fn dead_table(h: &mut Html, o: &Overview) {
             .raw(">")
             .text(d.id)
             .raw("</a></td>")
-            .element("<td>", at(d.dead_at), "</td>")
+            .element("<td class=\"t\">", at(d.dead_at), "</td>")
             .element("<td>", &d.sink, "</td>")
             .element("<td>", &d.idempotency_key, "</td>")
             .element("<td>", d.kind, "</td>")
@@ -325,7 +325,7 @@ pub fn dead_row(d: &DeadRow, attempts: &[AttemptRow]) -> String {
         for a in attempts {
             let opt = |o: &Option<String>| o.clone().unwrap_or_default();
             h.element("<tr><td class=\"n\">", a.attempt, "</td>")
-                .element("<td>", at(a.started_at), "</td>")
+                .element("<td class=\"t\">", at(a.started_at), "</td>")
                 .element("<td class=\"n\">", format!("{} ms", a.duration_ms), "</td>")
                 .element(
                     "<td class=\"n\">",
