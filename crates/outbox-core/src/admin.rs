@@ -339,4 +339,51 @@ mod tests {
         );
         assert_eq!(fresh_for(Duration::from_secs(3)), MAX_STALE);
     }
+
+    async fn sqlite_admin() -> (tempfile::TempDir, Admin) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let opts = crate::store::OpenOptions {
+            create: true,
+            ..Default::default()
+        };
+        let store = Store::open(&url, &opts).await.unwrap();
+        store.migrate().await.unwrap();
+        let admin = Admin::new(store, Arc::default(), Duration::from_secs(30));
+        (dir, admin)
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, String, String) {
+        use http_body_util::BodyExt;
+        let req = Request::get(path).body(()).unwrap();
+        let resp = admin.handle(req).await;
+        let status = resp.status();
+        let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn pages_answer_404_for_an_unknown_row_and_503_when_the_store_fails() {
+        let (_dir, admin) = sqlite_admin().await;
+        let (status, ctype, body) = get(&admin, "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(ctype, "text/html; charset=utf-8");
+        assert!(body.contains("No sinks yet."), "{body}");
+        let (status, _, body) = get(&admin, "/dead/42").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("No dead letter &quot;42&quot;"), "{body}");
+        let (status, _, body) = get(&admin, "/dead/%3Cscript%3E").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(!body.contains("<script"), "{body}");
+
+        admin.store.close().await;
+        for path in ["/", "/dead/42"] {
+            let (status, ctype, body) = get(&admin, path).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+            assert_eq!(ctype, "text/html; charset=utf-8");
+            assert!(body.contains("<h1>Database unavailable</h1>"), "{body}");
+            assert!(body.contains("cannot read the outbox database"), "{body}");
+        }
+    }
 }
