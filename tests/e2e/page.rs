@@ -52,8 +52,13 @@ async fn the_admin_page_shows_sinks_charts_and_dead_letters_escaped(
     chromium: &Path,
     backend: &str,
 ) {
-    // A second sink, paused by an operator before the daemon starts, with a row waiting.
-    env.write_config(&env.pyun_sink("parked", &["concurrency = 2"]));
+    // A second sink, paused by an operator before the daemon starts, with a row waiting;
+    // a third one held after its first refused credential, next probe in an hour.
+    env.write_config(&format!(
+        "{}\n{}\n[sinks.stuck.health]\nhold_after = 1\nprobe_initial = \"1h\"\n",
+        env.pyun_sink("parked", &["concurrency = 2"]),
+        env.pyun_sink("stuck", &["concurrency = 2"]),
+    ));
     let store = env.store().await;
     env.sim
         .script_pyun("PG-BAD", vec![Step::code_hint("400", EVIL_HINT)]);
@@ -64,6 +69,8 @@ async fn the_admin_page_shows_sinks_charts_and_dead_letters_escaped(
     bad["vin"] = EVIL_VIN.into();
     enqueue(&env, &store, "pyun", "PG-BAD", bad).await;
     enqueue(&env, &store, "parked", "PG-PARKED", charge_end("PG-PARKED")).await;
+    env.sim.script_pyun("PG-STUCK", vec![Step::code("401")]);
+    enqueue(&env, &store, "stuck", "PG-STUCK", charge_end("PG-STUCK")).await;
     let out = tokio::process::Command::from(env.outboxd())
         .args(["pause", "parked"])
         .output()
@@ -100,6 +107,10 @@ async fn the_admin_page_shows_sinks_charts_and_dead_letters_escaped(
         ">parked</td>",
         "class=\"state active\">active</span>",
         "class=\"state paused\">paused</span>",
+        ">stuck</td>",
+        "class=\"state held\">held</span> (auth) for",
+        "4pyun code 401",
+        "next probe in 5", // 59m or 58m: an hour away
         "PG-BAD",
         // The dead reason, shown as text.
         "`vin` &lt;b&gt;invalid&lt;/b&gt; &amp; \"refused\"",
