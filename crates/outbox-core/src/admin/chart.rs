@@ -110,7 +110,7 @@ pub fn chart(h: &mut Html, title: &'static str, from: &'static str, lines: &[Lin
         for run in points.split(|p| p.is_none()).filter(|r| !r.is_empty()) {
             if run.len() == 1 {
                 let (x, y) = run[0].expect("a sample");
-                h.raw("<circle r=\"2\" cx=\"")
+                h.raw("<circle r=\"3\" cx=\"")
                     .num(LEFT + x)
                     .raw("\" cy=\"")
                     .num(TOP + y)
