@@ -123,8 +123,7 @@ async fn the_admin_page_shows_sinks_charts_and_dead_letters_escaped(
     // The charts: the deliveries are on them (a dot for a lone sample, a line once
     // there are two minutes of them).
     assert!(
-        dom.contains("fill=\"#17702b\"></circle>")
-            || dom.contains("stroke=\"#17702b\" points="),
+        dom.contains("fill=\"#17702b\"></circle>") || dom.contains("stroke=\"#17702b\" points="),
         "no delivered mark on the chart:\n{dom}"
     );
     assert_no_injected_elements(&dom);
