@@ -33,7 +33,7 @@ const STYLE: &str = "<style>\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}\
-th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
+th{background:#f4f4f4;white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
 .state{font-weight:600}.active{color:#17702b}.paused{color:#8a6100}.held{color:#b3261e}\
 .muted{color:#666}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap;word-break:break-all;max-width:70em}\
 figure{display:inline-block;margin:0 1.5em 1em 0}figcaption{font-weight:600}\
@@ -100,19 +100,34 @@ fn held_detail(h: &mut Html, now: i64, v: &HealthView) {
     }
 }
 
-/// The sinks table's figure columns: one entry per column, so a new figure is one line.
-type Column = (&'static str, fn(&SinkStats, i64) -> String);
+/// One row of the sinks table: what a column may show.
+pub struct SinkRow<'a> {
+    pub now: i64,
+    pub stats: &'a SinkStats,
+    /// The worker's view of the sink (`None` before it published one, or for a sink only
+    /// the database knows).
+    pub health: Option<&'a HealthView>,
+}
 
-const COLUMNS: [Column; 8] = [
-    ("backlog", |s, _| s.pending.to_string()),
-    ("due", |s, _| s.due_now.to_string()),
-    ("in flight", |s, _| s.in_flight.to_string()),
-    ("retrying", |s, _| s.retrying.to_string()),
-    ("dead", |s, _| s.dead.to_string()),
-    ("hints", |s, _| s.hints.to_string()),
-    ("delivered (1 h)", |s, _| s.delivered_last_hour.to_string()),
-    ("oldest pending", |s, _| {
-        s.oldest_pending_ms.map(age).unwrap_or_else(|| "-".into())
+/// The sinks table's figure columns: one entry per column, so a new figure (from the
+/// store's statistics or the worker's published view) is one line here.
+type Column = (&'static str, fn(&SinkRow) -> String);
+
+const COLUMNS: &[Column] = &[
+    ("backlog", |r| r.stats.pending.to_string()),
+    ("due", |r| r.stats.due_now.to_string()),
+    ("in flight", |r| r.stats.in_flight.to_string()),
+    ("retrying", |r| r.stats.retrying.to_string()),
+    ("dead", |r| r.stats.dead.to_string()),
+    ("hints", |r| r.stats.hints.to_string()),
+    ("delivered (1 h)", |r| {
+        r.stats.delivered_last_hour.to_string()
+    }),
+    ("oldest pending", |r| {
+        r.stats
+            .oldest_pending_ms
+            .map(age)
+            .unwrap_or_else(|| "-".into())
     }),
 ];
 
@@ -131,7 +146,7 @@ fn sinks_table(h: &mut Html, o: &Overview) {
     }
     h.raw("<table id=\"sinks\"><tr><th>sink</th><th>state</th>");
     for (name, _) in COLUMNS {
-        h.element("<th>", name, "</th>");
+        h.element("<th>", *name, "</th>");
     }
     h.raw("<th>last error</th></tr>");
     let empty = SinkStats::default();
@@ -140,8 +155,13 @@ fn sinks_table(h: &mut Html, o: &Overview) {
         state(h, o.now, stats, health);
         h.raw("</td>");
         let s = stats.unwrap_or(&empty);
+        let row = SinkRow {
+            now: o.now,
+            stats: s,
+            health,
+        };
         for (_, figure) in COLUMNS {
-            h.element("<td class=\"n\">", figure(s, o.now), "</td>");
+            h.element("<td class=\"n\">", figure(&row), "</td>");
         }
         h.element("<td>", s.last_error.as_deref().unwrap_or(""), "</td></tr>");
     }
