@@ -10,6 +10,7 @@ mod hold;
 mod keys;
 mod lbbtech;
 mod logs;
+mod metrics;
 mod ops;
 mod page;
 mod postgres;

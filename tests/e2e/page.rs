@@ -270,7 +270,7 @@ fn target_dir() -> PathBuf {
 
 /// The admin listener's address, from the daemon's log line that reports it (stderr, JSON
 /// lines); the rest of the output is drained so the daemon never blocks on a full pipe.
-async fn admin_addr(daemon: &mut tokio::process::Child) -> SocketAddr {
+pub(crate) async fn admin_addr(daemon: &mut tokio::process::Child) -> SocketAddr {
     let stderr = daemon.stderr.take().expect("piped stderr");
     let stdout = daemon.stdout.take().expect("piped stdout");
     tokio::spawn(async move {
@@ -298,7 +298,7 @@ async fn admin_addr(daemon: &mut tokio::process::Child) -> SocketAddr {
 }
 
 /// A plain HTTP/1.1 request: (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
