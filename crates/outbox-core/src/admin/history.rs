@@ -159,10 +159,12 @@ impl History {
         failed_total: u64,
         backlog: Option<i64>,
     ) {
+        // Two readings (the sampler and a page view) may reach here out of order: an older
+        // reading counts nothing and never moves the baseline back, so nothing counts twice.
         let (d0, f0) = self.last;
         let delivered = delivered_total.saturating_sub(d0);
         let failed = failed_total.saturating_sub(f0);
-        self.last = (delivered_total, failed_total);
+        self.last = (d0.max(delivered_total), f0.max(failed_total));
         self.hour.add(now, delivered, failed, backlog);
         self.day.add(now, delivered, failed, backlog);
     }
@@ -243,5 +245,16 @@ mod tests {
         assert_eq!((last.delivered, last.failed, last.backlog), (7, 0, Some(0)));
         let d = h.day.window(61_000);
         assert_eq!(d[143].unwrap().delivered, 110);
+    }
+
+    #[test]
+    fn a_stale_reading_never_counts_twice() {
+        let mut h = History::default();
+        h.sample(0, 12, 3, None);
+        // Read before the one above, recorded after it.
+        h.sample(0, 10, 2, None);
+        h.sample(0, 14, 3, None);
+        let w = h.hour.window(0);
+        assert_eq!((w[59].unwrap().delivered, w[59].unwrap().failed), (14, 3));
     }
 }
