@@ -75,8 +75,9 @@ impl Admin {
     }
 }
 
-/// How often the page's history is sampled: several readings per one-minute slot.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+/// How often the page's history is sampled: at least one reading in every one-minute slot,
+/// and no more than two statistics scans a minute (through the cache) when nobody looks.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest time cached statistics are served.
 const MAX_STALE: Duration = Duration::from_secs(5);
