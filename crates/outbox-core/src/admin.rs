@@ -209,11 +209,7 @@ impl Admin {
             Ok(stats) => stats,
             Err(e) => return unavailable(&e),
         };
-        let dead = match self
-            .store
-            .dead_list(None, None, None, page::DEAD_SHOWN)
-            .await
-        {
+        let dead = match self.store.dead_latest(page::DEAD_SHOWN).await {
             Ok(dead) => dead,
             Err(e) => return unavailable(&e),
         };
