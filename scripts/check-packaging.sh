@@ -210,6 +210,7 @@ check ".deb has the unit outboxd.service" \
     has_file -rw-r--r-- /lib/systemd/system/outboxd.service /usr/lib/systemd/system/outboxd.service
 check ".deb has /etc/outboxd/outboxd.toml" has_file -rw-r--r-- /etc/outboxd/outboxd.toml
 check ".deb has the install guide" has_file -rw-r--r-- /usr/share/doc/outboxd/INSTALL.md
+check ".deb has the admin page screenshot OPERATIONS.md shows" has_file -rw-r--r-- /usr/share/doc/outboxd/admin-page.png
 check ".deb has the bash completion" has_file -rw-r--r-- /usr/share/bash-completion/completions/outboxd
 check ".deb has the zsh completion" has_file -rw-r--r-- /usr/share/zsh/vendor-completions/_outboxd
 check ".deb has the fish completion" has_file -rw-r--r-- /usr/share/fish/vendor_completions.d/outboxd.fish

@@ -3,7 +3,8 @@
 # format and lint checks, the packaging checks (systemd unit, reference config, .deb), unit
 # tests, the store suite on SQLite and on a throwaway Postgres cluster this script starts and
 # stops itself, and the end-to-end tests that run the real binaries against the platform
-# simulator on loopback.
+# simulator on loopback (and render the admin page in headless Chromium, installed with
+# apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build the binaries the end-to-end tests run"
 cargo build --workspace --bins
+
+step "chromium (the admin page's end-to-end test renders the page in it, headless)"
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "chromium is missing: run as root, or apt-get install chromium fonts-wqy-microhei first"
+        exit 1
+    fi
+    echo "installing Debian's chromium (and a CJK font: the platforms' replies are Chinese)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
+fi
+chromium --version
 
 step "packaging: systemd unit, reference config, .deb"
 bash scripts/check-packaging.sh

@@ -3,15 +3,22 @@
 //! otherwise, with the reason; a failure counts once it lasted `stall_after`; a held sink
 //! keeps it 200 and is listed in the body) and `GET /status.json` (each sink's health, for
 //! `outboxd status`).
-//! Bound to loopback by default: the figures name sinks.
+//! `GET /` is a page for people: each sink's state and figures, charts of the last hour and
+//! day, the latest dead letters, each linking to `GET /dead/{id}` (see [`page`]).
+//! Bound to loopback by default: the figures name sinks, the pages show payloads.
 //!
 //! Scrapes must never stall deliveries: the listener reads through a store of its own (its
 //! own connection, never the worker's), and the statistics scan, which reads every kept row,
 //! is cached ([`StatsCache`]) and run by one scrape at a time.
 
+mod chart;
+pub mod history;
+pub mod html;
+pub mod page;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +33,7 @@ use tokio::time::Instant;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{SinkStats, Store, StoreError};
+use history::History;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -34,6 +42,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub stall_after: Duration,
     pub stats: Arc<StatsCache>,
+    /// The page's charts, sampled every [`SAMPLE_EVERY`] and on each view of `/`.
+    pub history: Arc<Mutex<History>>,
 }
 
 impl Admin {
@@ -44,9 +54,30 @@ impl Admin {
             store,
             metrics,
             stall_after,
+            history: Arc::default(),
         }
     }
+
+    /// Reads the counters and the backlog into the page's history. The backlog comes
+    /// through the statistics cache, so sampling costs no more than a scrape.
+    pub async fn sample(&self) {
+        let backlog = self
+            .stats
+            .get()
+            .await
+            .ok()
+            .map(|stats| stats.iter().map(|s| s.pending + s.in_flight).sum());
+        let (delivered, failed) = self.metrics.progress_totals();
+        self.history
+            .lock()
+            .expect("history lock")
+            .sample(now_ms(), delivered, failed, backlog);
+    }
 }
+
+/// How often the page's history is sampled: at least one reading in every one-minute slot,
+/// and no more than two statistics scans a minute (through the cache) when nobody looks.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest time cached statistics are served.
 const MAX_STALE: Duration = Duration::from_secs(5);
@@ -110,6 +141,15 @@ fn fresh_for(took: Duration) -> Duration {
 pub async fn serve(addr: SocketAddr, admin: Admin) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let sampler = admin.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            sampler.sample().await;
+        }
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -138,9 +178,90 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("static response parts")
 }
 
+fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        // Defence in depth behind the escaping: no script runs, nothing is loaded.
+        .header(
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+        )
+        .header("x-content-type-options", "nosniff")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn unavailable(e: &StoreError) -> Response<Full<Bytes>> {
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        page::error_page(
+            "Database unavailable",
+            &format!("The admin listener cannot read the outbox database: {e}"),
+        ),
+    )
+}
+
 impl Admin {
+    /// `GET /`.
+    async fn overview(&self) -> Response<Full<Bytes>> {
+        let stats = match self.stats.get().await {
+            Ok(stats) => stats,
+            Err(e) => return unavailable(&e),
+        };
+        let dead = match self.store.dead_latest(page::DEAD_SHOWN).await {
+            Ok(dead) => dead,
+            Err(e) => return unavailable(&e),
+        };
+        self.sample().await;
+        let history = self.history.lock().expect("history lock").clone();
+        let health = self.metrics.health();
+        let body = page::overview(&page::Overview {
+            now: now_ms(),
+            stats: &stats,
+            health: &health,
+            dead: &dead,
+            history: &history,
+        });
+        html(StatusCode::OK, body)
+    }
+
+    /// `GET /dead/{id}`.
+    async fn dead_page(&self, id: &str) -> Response<Full<Bytes>> {
+        let not_found = || {
+            html(
+                StatusCode::NOT_FOUND,
+                page::error_page(
+                    "Not found",
+                    &format!("No dead letter {id:?}: it may have been requeued or purged."),
+                ),
+            )
+        };
+        let Ok(id) = id.parse::<i64>() else {
+            return not_found();
+        };
+        let row = match self.store.dead_get(id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return not_found(),
+            Err(e) => return unavailable(&e),
+        };
+        match self.store.attempts(row.outbox_id).await {
+            Ok(attempts) => html(StatusCode::OK, page::dead_row(&row, &attempts)),
+            Err(e) => unavailable(&e),
+        }
+    }
+
     async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        match (req.method().as_str(), req.uri().path()) {
+        let path = req.uri().path();
+        if req.method() == hyper::Method::GET {
+            if path == "/" {
+                return self.overview().await;
+            }
+            if let Some(id) = path.strip_prefix("/dead/") {
+                return self.dead_page(id).await;
+            }
+        }
+        match (req.method().as_str(), path) {
             ("GET", "/metrics") => match self.stats.get().await {
                 Ok(stats) => text(StatusCode::OK, self.metrics.render(&stats)),
                 Err(e) => text(
@@ -195,7 +316,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz or /status.json\n".into(),
+                "not found: try /, /metrics, /healthz or /status.json\n".into(),
             ),
         }
     }
@@ -214,5 +335,52 @@ mod tests {
             Duration::from_secs(2)
         );
         assert_eq!(fresh_for(Duration::from_secs(3)), MAX_STALE);
+    }
+
+    async fn sqlite_admin() -> (tempfile::TempDir, Admin) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let opts = crate::store::OpenOptions {
+            create: true,
+            ..Default::default()
+        };
+        let store = Store::open(&url, &opts).await.unwrap();
+        store.migrate().await.unwrap();
+        let admin = Admin::new(store, Arc::default(), Duration::from_secs(30));
+        (dir, admin)
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, String, String) {
+        use http_body_util::BodyExt;
+        let req = Request::get(path).body(()).unwrap();
+        let resp = admin.handle(req).await;
+        let status = resp.status();
+        let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn pages_answer_404_for_an_unknown_row_and_503_when_the_store_fails() {
+        let (_dir, admin) = sqlite_admin().await;
+        let (status, ctype, body) = get(&admin, "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(ctype, "text/html; charset=utf-8");
+        assert!(body.contains("No sinks yet."), "{body}");
+        let (status, _, body) = get(&admin, "/dead/42").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("No dead letter &quot;42&quot;"), "{body}");
+        let (status, _, body) = get(&admin, "/dead/%3Cscript%3E").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(!body.contains("<script"), "{body}");
+
+        admin.store.close().await;
+        for path in ["/", "/dead/42"] {
+            let (status, ctype, body) = get(&admin, path).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+            assert_eq!(ctype, "text/html; charset=utf-8");
+            assert!(body.contains("<h1>Database unavailable</h1>"), "{body}");
+            assert!(body.contains("cannot read the outbox database"), "{body}");
+        }
     }
 }

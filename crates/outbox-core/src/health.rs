@@ -64,6 +64,15 @@ pub enum HoldKind {
 }
 
 impl HoldKind {
+    pub const ALL: [HoldKind; 6] = [
+        HoldKind::Auth,
+        HoldKind::Clock,
+        HoldKind::Config,
+        HoldKind::RetryAfter,
+        HoldKind::Streak,
+        HoldKind::Link,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HoldKind::Auth => "auth",

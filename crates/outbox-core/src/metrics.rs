@@ -79,6 +79,23 @@ impl HealthBoard {
     }
 }
 
+/// Every outcome label a delivery step is counted under (`outboxd_deliveries_total`): the
+/// verdicts' labels, a panicking delivery and a release at shutdown.
+pub const OUTCOMES: [&str; 8] = [
+    "delivered",
+    "completed",
+    "retry",
+    "permanent",
+    "ambiguous",
+    "continue",
+    "panic",
+    "released",
+];
+
+/// The outcomes the admin page charts as deliveries, and as failed attempts.
+const DELIVERED: [&str; 2] = ["delivered", "completed"];
+const FAILED: [&str; 4] = ["retry", "permanent", "ambiguous", "panic"];
+
 /// Upper bounds (seconds) of the attempt latency histogram.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -102,6 +119,8 @@ struct Inner {
     /// (sink, dead kind) → rows dead-lettered. A counter, so an alert on `increase()` is
     /// right (the dead-letter gauge also falls on a purge or a requeue).
     dead: BTreeMap<(String, &'static str), u64>,
+    /// The configured sinks: their queue gauges read 0 before they have any row.
+    sinks: std::collections::BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -132,16 +151,44 @@ impl Metrics {
         *g.holds.entry((sink.to_string(), kind)).or_default() += 1;
     }
 
-    /// Starts the counters of `sinks` at zero, so the first dead letter after a start is an
-    /// increase `increase()` can see (a series that appears at 1 counts as no increase).
+    /// Starts every labelled series of `sinks` at zero (counters, the latency histogram,
+    /// the holds of the sinks and of the link, the queue gauges), so the first event after
+    /// a start is an increase `increase()` and `rate()` can see (a series that appears at 1
+    /// counts as no increase).
     pub fn register_sinks(&self, sinks: &[String]) {
         let mut g = self.inner.lock().expect("metrics lock");
         for sink in sinks {
             for kind in crate::store::DeadKind::ALL {
                 g.dead.entry((sink.clone(), kind.as_str())).or_default();
             }
+            for outcome in OUTCOMES {
+                g.outcomes.entry((sink.clone(), outcome)).or_default();
+            }
+            for kind in crate::health::HoldKind::ALL {
+                if kind != crate::health::HoldKind::Link {
+                    g.holds.entry((sink.clone(), kind.as_str())).or_default();
+                }
+            }
             g.hints.entry(sink.clone()).or_default();
+            g.latency.entry(sink.clone()).or_default();
+            g.sinks.insert(sink.clone());
         }
+        let link = crate::health::HoldKind::Link.as_str();
+        g.holds.entry(("link".to_string(), link)).or_default();
+    }
+
+    /// This process's delivery steps so far: (delivered or completed, failed attempts),
+    /// for the admin page's charts.
+    pub fn progress_totals(&self) -> (u64, u64) {
+        let g = self.inner.lock().expect("metrics lock");
+        let sum = |labels: &[&str]| -> u64 {
+            g.outcomes
+                .iter()
+                .filter(|((_, o), _)| labels.contains(o))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        (sum(&DELIVERED), sum(&FAILED))
     }
 
     /// A row of `sink` was dead-lettered (committed), with its kind.
@@ -207,6 +254,13 @@ impl Metrics {
     pub fn render(&self, stats: &[SinkStats]) -> String {
         let g = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
+        out.push_str("# HELP outboxd_build_info The running outboxd's version (always 1).\n");
+        out.push_str("# TYPE outboxd_build_info gauge\n");
+        let _ = writeln!(
+            out,
+            "outboxd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         out.push_str("# HELP outboxd_deliveries_total Delivery steps by sink and outcome, by this process.\n");
         out.push_str("# TYPE outboxd_deliveries_total counter\n");
         for ((sink, outcome), n) in &g.outcomes {
@@ -268,6 +322,18 @@ impl Metrics {
                 esc(sink)
             );
         }
+        // Configured sinks without a row yet read 0, like the others.
+        let mut all: Vec<SinkStats> = stats.to_vec();
+        for sink in &g.sinks {
+            if !stats.iter().any(|s| &s.sink == sink) {
+                all.push(SinkStats {
+                    sink: sink.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        all.sort_by(|a, b| a.sink.cmp(&b.sink));
+        let stats = &all[..];
         drop(g);
         render_gauges(&mut out, stats);
         render_states(&mut out, stats, &self.health());
@@ -523,5 +589,61 @@ mod tests {
         assert!(text.contains("# TYPE outboxd_dead_lettered_total counter"));
         assert!(text.contains("outboxd_dead_lettered_total{sink=\"pyun\",kind=\"permanent\"} 2"));
         assert!(text.contains("outboxd_dead_lettered_total{sink=\"epeis\",kind=\"unknown\"} 1"));
+    }
+
+    #[test]
+    fn every_labelled_series_of_a_configured_sink_starts_at_zero() {
+        let m = Metrics::default();
+        m.register_sinks(&["lbb".to_string()]);
+        let text = m.render(&[]);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!("outboxd_build_info{{version=\"{version}\"}} 1")));
+        for outcome in OUTCOMES {
+            let line = format!("outboxd_deliveries_total{{sink=\"lbb\",outcome=\"{outcome}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        for line in [
+            "outboxd_sink_holds_total{sink=\"lbb\",kind=\"auth\"} 0",
+            "outboxd_sink_holds_total{sink=\"lbb\",kind=\"retry_after\"} 0",
+            "outboxd_sink_holds_total{sink=\"link\",kind=\"link\"} 0",
+            "outboxd_attempt_duration_seconds_bucket{sink=\"lbb\",le=\"+Inf\"} 0",
+            "outboxd_attempt_duration_seconds_count{sink=\"lbb\"} 0",
+            "outboxd_queue_pending{sink=\"lbb\"} 0",
+            "outboxd_dead_letter_rows{sink=\"lbb\"} 0",
+            "outboxd_sink_state{sink=\"lbb\",state=\"active\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("outboxd_sink_holds_total{sink=\"lbb\",kind=\"link\"}"));
+        // A sink the store knows is listed once, with the store's figures.
+        let text = m.render(&[SinkStats {
+            sink: "lbb".into(),
+            pending: 4,
+            ..Default::default()
+        }]);
+        assert_eq!(
+            text.matches("outboxd_queue_pending{sink=\"lbb\"}").count(),
+            1
+        );
+        assert!(text.contains("outboxd_queue_pending{sink=\"lbb\"} 4"));
+    }
+
+    #[test]
+    fn progress_totals_split_deliveries_from_failed_attempts() {
+        let m = Metrics::default();
+        for o in [
+            "delivered",
+            "completed",
+            "retry",
+            "permanent",
+            "ambiguous",
+            "panic",
+            "continue",
+            "released",
+        ] {
+            m.record("pyun", o, None, false);
+        }
+        m.record("epeis", "delivered", None, false);
+        assert_eq!(m.progress_totals(), (3, 4));
     }
 }

@@ -223,6 +223,7 @@ store_tests!(
     unconfigured_sinks_are_held_until_max_age,
     a_requeued_row_gets_a_fresh_age_clock,
     older_rows_of_a_supersede_key_are_superseded,
+    dead_latest_lists_the_newest_dead_rows_first,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2490,4 +2491,32 @@ async fn older_rows_of_a_supersede_key_are_superseded(db: &Db) {
     assert_eq!(s.prune_finished(now + 1, 100).await.unwrap(), 7);
     assert_eq!(status(s, "tcec", "s0").await, "gone");
     assert_eq!(status(s, "tcec", "s9").await, "in_flight");
+}
+
+/// The admin page lists the latest dead letters: newest first, at most `limit`, whatever
+/// the sink.
+async fn dead_latest_lists_the_newest_dead_rows_first(db: &Db) {
+    let s = &db.store;
+    assert!(s.dead_latest(5).await.unwrap().is_empty());
+    let known = vec!["pyun".to_string()];
+    for i in 0..7 {
+        s.enqueue(&ev(
+            if i % 2 == 0 { "ghost" } else { "phantom" },
+            &format!("L-{i}"),
+        ))
+        .await
+        .unwrap();
+        // One at a time, so the dead-letter order is the key order. A second ahead: the
+        // row's creation time may come from the database's clock.
+        let moved = s
+            .dead_letter_unknown_sinks(&known, Duration::ZERO, now_ms() + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(moved, 1);
+    }
+    let latest = s.dead_latest(3).await.unwrap();
+    let keys: Vec<&str> = latest.iter().map(|d| d.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["L-6", "L-5", "L-4"]);
+    assert_eq!(s.dead_latest(100).await.unwrap().len(), 7);
+    assert_eq!(latest[0], s.dead_get(latest[0].id).await.unwrap().unwrap());
 }

@@ -65,10 +65,12 @@ pub async fn run(
             })?;
         let admin = Admin::new(admin_store, metrics.clone(), config.admin.stall_after);
         match admin::serve(addr, admin).await {
-            Ok(bound) => tracing::info!(%bound, "admin listener: /metrics and /healthz"),
+            Ok(bound) => {
+                tracing::info!(%bound, "admin listener: / (the page), /metrics and /healthz")
+            }
             // Monitoring is not worth stopping deliveries for.
             Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot bind the admin listener; running without /metrics and /healthz")
+                tracing::error!(%addr, error = %e, "cannot bind the admin listener; running without the page, /metrics and /healthz")
             }
         }
     }
