@@ -117,6 +117,12 @@ const COLUMNS: &[Column] = &[
     ("backlog", |r| r.stats.pending.to_string()),
     ("due", |r| r.stats.due_now.to_string()),
     ("in flight", |r| r.stats.in_flight.to_string()),
+    ("window", |r| {
+        match r.health.and_then(|h| h.window.zip(h.ceiling)) {
+            Some((w, c)) => format!("{w}/{c}"),
+            None => "-".into(),
+        }
+    }),
     ("retrying", |r| r.stats.retrying.to_string()),
     ("dead", |r| r.stats.dead.to_string()),
     ("hints", |r| r.stats.hints.to_string()),
@@ -432,6 +438,8 @@ mod tests {
             next_probe_ms: Some(now + 5_000),
             clock_skew_ms: None,
             holds: 1,
+            window: None,
+            ceiling: None,
         };
         let health = HealthBoard {
             sinks: [(EVIL.to_string(), held.clone())].into(),
@@ -521,9 +529,13 @@ mod tests {
             next_probe_ms: Some(now + 120_000),
             clock_skew_ms: None,
             holds: 1,
+            window: Some(4),
+            ceiling: Some(256),
         };
         let p = page(SinkStats::default(), Some(held));
         assert!(p.contains("held</span> (retry_after)"), "{p}");
+        // The in-flight window beside its ceiling.
+        assert!(p.contains(">4/256</td>"), "{p}");
         assert!(
             p.contains("Retry-After 120 s<br><span class=\"muted\">next probe in 2m"),
             "{p}"
