@@ -491,7 +491,10 @@ impl SinkHealth {
     /// a held sink probes at once, its interval back to the first. Each request counts
     /// once. Returns whether it made a held sink probe.
     pub fn probe_requested(&mut self, requested_at: i64, now: Instant) -> bool {
-        if self.probe_request_seen.is_some_and(|seen| seen >= requested_at) {
+        if self
+            .probe_request_seen
+            .is_some_and(|seen| seen >= requested_at)
+        {
             return false;
         }
         self.probe_request_seen = Some(requested_at);

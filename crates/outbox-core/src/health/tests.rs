@@ -560,5 +560,8 @@ fn an_operators_probe_request_makes_a_held_sink_probe_at_once_and_counts_once() 
     let later = t + S;
     assert!(h.probe_requested(2_000, later));
     assert_eq!(h.permit(later), Permit::Probe);
-    assert_eq!(held(&h).probe_interval, HealthConfig::default().probe_initial);
+    assert_eq!(
+        held(&h).probe_interval,
+        HealthConfig::default().probe_initial
+    );
 }

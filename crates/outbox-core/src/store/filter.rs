@@ -110,10 +110,11 @@ pub struct RowFilter {
 impl RowFilter {
     /// Whether any field narrows the selection (bulk actions refuse an empty filter).
     pub fn narrows(&self) -> bool {
-        *self != RowFilter {
-            time: self.time,
-            ..RowFilter::default()
-        }
+        *self
+            != RowFilter {
+                time: self.time,
+                ..RowFilter::default()
+            }
     }
 
     /// Whether rows still in `outbox` can match.

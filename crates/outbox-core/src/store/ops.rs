@@ -164,7 +164,8 @@ impl Store {
     }
 }
 
-const ROW_COLUMNS: &str = "SELECT id, sink, event_type, idempotency_key, status, attempts, created_at, \
+const ROW_COLUMNS: &str =
+    "SELECT id, sink, event_type, idempotency_key, status, attempts, created_at, \
      next_attempt_at, finished_at, last_error, cancel_note FROM outbox";
 
 /// The [`Ops`] implementation for one backend: `$store` with a `pool()`, its database
