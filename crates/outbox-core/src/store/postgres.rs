@@ -837,7 +837,7 @@ impl Backend for PgStore {
                 FROM open GROUP BY sink), \
              r AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox \
-                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              f AS ( \
                 SELECT sink, count(*) FILTER (WHERE status = 'delivered') AS delivered, \

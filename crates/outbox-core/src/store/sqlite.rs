@@ -734,7 +734,7 @@ impl Backend for SqliteStore {
                 FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight' GROUP BY sink), \
              recent AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox INDEXED BY outbox_finished \
-                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              final AS ( \
                 SELECT sink, sum(status = 'delivered') AS delivered, sum(status IN ('done', 'superseded')) AS done, \
