@@ -262,9 +262,9 @@ pub(crate) fn push_where<'a, DB>(
         qb.push(" AND idempotency_key = ").push_bind(k.clone());
     }
     if let Some(p) = &f.key_prefix {
-        qb.push(" AND substr(idempotency_key, 1, ")
-            .push_bind(p.chars().count() as i64)
-            .push(") = ")
+        qb.push(" AND substr(idempotency_key, 1, length(")
+            .push_bind(p.clone())
+            .push(")) = ")
             .push_bind(p.clone());
     }
     let time_col = match (table, f.time) {
@@ -348,7 +348,7 @@ mod tests {
         push_where(&mut qb, &f, Table::Outbox, Dialect::Postgres);
         assert_eq!(
             qb.sql(),
-            "SELECT id FROM outbox WHERE 1 = 1 AND sink = $1 AND substr(idempotency_key, 1, $2) = $3 \
+            "SELECT id FROM outbox WHERE 1 = 1 AND sink = $1 AND substr(idempotency_key, 1, length($2)) = $3 \
              AND strpos(lower(coalesce(last_error, '')), lower($4)) > 0 AND id IN ($5, $6) AND status IN ($7)"
         );
         assert!(f.wants_outbox() && f.wants_dead() && f.narrows());
