@@ -10,6 +10,7 @@ mod hold;
 mod keys;
 mod lbbtech;
 mod logs;
+mod operate;
 mod ops;
 mod postgres;
 mod pyun;
