@@ -226,11 +226,9 @@ async fn dead_requeue_by_filter_and_dry_run_changes_nothing(env: Env) {
         ],
     )
     .await;
-    assert_eq!(
-        plan["would_requeue"],
-        serde_json::json!([rq1, rq2]),
-        "{plan}"
-    );
+    let mut ids = [rq1, rq2];
+    ids.sort_unstable();
+    assert_eq!(plan["would_requeue"], serde_json::json!(ids), "{plan}");
     let refused: Vec<&str> = plan["refused"]
         .as_array()
         .unwrap()
