@@ -633,7 +633,9 @@ pub async fn pause(
         .iter()
         .any(|s| s == name);
     let verb = if paused { "pause" } else { "resume" };
-    if !sink.force && !(was_paused && !paused) {
+    // Resuming a paused sink always works: its config section may be gone.
+    let resumes_a_pause = was_paused && !paused;
+    if !sink.force && !resumes_a_pause {
         match configured {
             Some(sinks) if !sinks.iter().any(|s| s == name) => {
                 return Err(format!(
