@@ -53,6 +53,8 @@ on_both_backends! {
         => sqlite_retry_now_makes_a_held_sink_probe_at_once, postgres_retry_now_makes_a_held_sink_probe_at_once;
     pause_of_a_sink_nobody_configured_is_an_error
         => sqlite_pause_of_a_sink_nobody_configured_is_an_error, postgres_pause_of_a_sink_nobody_configured_is_an_error;
+    dead_purge_asks_on_a_terminal_and_shows_progress
+        => sqlite_dead_purge_asks_on_a_terminal_and_shows_progress, postgres_dead_purge_asks_on_a_terminal_and_shows_progress;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -376,6 +378,10 @@ async fn dead_purge_refuses_unknown_outcomes_and_never_prompts_without_a_termina
     assert!(!status.success(), "refusals make the exit status non-zero");
     assert!(!err.contains("[y/N]"), "{err}");
     assert!(
+        !err.contains("/1200"),
+        "no progress without a terminal: {err}"
+    );
+    assert!(
         out.starts_with("purged 1200 dead row(s) with sink pyun"),
         "{out}"
     );
@@ -400,6 +406,74 @@ async fn dead_purge_refuses_unknown_outcomes_and_never_prompts_without_a_termina
     );
     let none = ok_json(&env, &["dead", "purge", "--key-prefix", "NOPE", "--json"]).await;
     assert_eq!(none["purged"], 0);
+}
+
+/// `outboxd ARGS` on a pseudo-terminal (util-linux `script`), with `input` typed into it:
+/// (exit success, everything the terminal showed).
+async fn on_a_terminal(env: &Env, args: &str, input: &str) -> (bool, String) {
+    let command = format!(
+        "'{}' --config '{}' {args}",
+        bin("outboxd").display(),
+        env.config_path.display()
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running script(1)");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(SOON, child.wait_with_output())
+        .await
+        .expect("outboxd on a terminal did not finish")
+        .unwrap();
+    drop(stdin);
+    (out.status.success(), stdout(&out))
+}
+
+async fn dead_purge_asks_on_a_terminal_and_shows_progress(env: Env) {
+    let store = env.store().await;
+    sql(
+        &store,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1200) \
+             INSERT INTO outbox_dead (outbox_id, sink, event_type, idempotency_key, payload, \
+                                      created_at, attempts, reason, dead_at, kind) \
+             SELECT 4000000 + i, 'pyun', 'charge_end', 'T-' || i, '{{}}', 0, 15, \
+                    'gave up after 15 attempts', {}, 'expired' FROM n",
+            now_ms()
+        ),
+    )
+    .await;
+    let (ok, shown) = on_a_terminal(&env, "dead purge --sink pyun --all", "n\n").await;
+    assert!(!ok, "{shown}");
+    assert!(
+        shown.contains(
+            "delete 1200 dead row(s) with sink pyun and their attempt history, for good? [y/N]"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing deleted (not confirmed"), "{shown}");
+    assert_eq!(dead_count(&store, "pyun").await, 1200);
+
+    let (ok, shown) = on_a_terminal(&env, "dead purge --sink pyun --all", "y\n").await;
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("purged 500/1200"),
+        "progress on a terminal: {shown}"
+    );
+    assert!(
+        shown.contains("purged 1200 dead row(s) with sink pyun"),
+        "{shown}"
+    );
+    assert_eq!(dead_count(&store, "pyun").await, 0);
+    let (ok, shown) = on_a_terminal(&env, "dead purge --sink pyun --all --yes", "").await;
+    assert!(ok && !shown.contains("[y/N]"), "--yes never asks: {shown}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -778,4 +852,31 @@ async fn wait_for_log(log: &Path, needle: &str) {
             .contains(needle)
     })
     .await;
+}
+
+/// The new commands document every argument (the check `help.rs` makes for the others).
+#[test]
+fn the_new_commands_have_help_for_every_argument() {
+    for sub in ["list", "retry-now", "cancel"] {
+        let out = std::process::Command::new(bin("outboxd"))
+            .args([sub, "--help"])
+            .env_remove("OUTBOXD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = help.lines().collect();
+        let mut args = 0;
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let indent = l.len() - t.len();
+            if (2..=6).contains(&indent) && t.starts_with('-') && !l.contains("  -h, --help") {
+                args += 1;
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                assert!(!next.trim().is_empty(), "{sub}: no help for {t:?}\n{help}");
+            }
+        }
+        assert!(args >= 6, "{sub}: the shared filters are listed\n{help}");
+        assert!(help.contains("--key-prefix <PREFIX>"), "{help}");
+    }
 }
