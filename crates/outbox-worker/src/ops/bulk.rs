@@ -89,12 +89,18 @@ fn print_refusals(refused: &[(i64, String)]) {
     }
 }
 
+/// " (3, 4, 5)", the first few ids in order; "" for none.
 fn ids_text(ids: &[i64]) -> String {
-    let mut s: Vec<String> = ids.iter().take(SHOWN).map(i64::to_string).collect();
+    if ids.is_empty() {
+        return String::new();
+    }
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let mut s: Vec<String> = sorted.iter().take(SHOWN).map(i64::to_string).collect();
     if ids.len() > SHOWN {
         s.push(format!("... {} more", ids.len() - SHOWN));
     }
-    s.join(", ")
+    format!(" ({})", s.join(", "))
 }
 
 fn refusals_json(refused: &[(i64, String)]) -> Vec<serde_json::Value> {
@@ -186,7 +192,7 @@ pub async fn retry_now(store: &Store, a: RetryNowArgs) -> CmdResult {
             }));
         } else {
             println!(
-                "would make {} row(s) due now ({}); {already_due} pending row(s) already due; would ask a daemon holding {} to probe at once. Nothing changed (--dry-run)",
+                "would make {} row(s) due now{}; {already_due} pending row(s) already due; would ask a daemon holding {} to probe at once. Nothing changed (--dry-run)",
                 waiting.len(),
                 ids_text(&waiting),
                 if sinks.is_empty() { "no sink".to_string() } else { sinks.iter().cloned().collect::<Vec<_>>().join(", ") }
@@ -237,11 +243,7 @@ pub async fn retry_now(store: &Store, a: RetryNowArgs) -> CmdResult {
         println!(
             "made {} row(s) due now{}; {already_due} were due already{}",
             made_due.len(),
-            if made_due.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", ids_text(&made_due))
-            },
+            ids_text(&made_due),
             if moved > 0 {
                 format!("; {moved} left their backoff meanwhile (claimed or final)")
             } else {
@@ -315,7 +317,7 @@ pub async fn cancel(store: &Store, a: CancelArgs) -> CmdResult {
                 println!("no pending rows with {}", f.describe());
             } else {
                 println!(
-                    "would cancel {} pending row(s) ({}) with the note {note:?}",
+                    "would cancel {} pending row(s){} with the note {note:?}",
                     candidates.len(),
                     ids_text(&candidates)
                 );
@@ -378,7 +380,7 @@ pub async fn cancel(store: &Store, a: CancelArgs) -> CmdResult {
             println!("no pending rows with {}; nothing cancelled", f.describe());
         } else if !cancelled.is_empty() {
             println!(
-                "cancelled {} row(s) ({}): final, never sent, kept with their history until retention; their keys stay known",
+                "cancelled {} row(s){}: final, never sent, kept with their history until retention; their keys stay known",
                 cancelled.len(),
                 ids_text(&cancelled)
             );
@@ -537,7 +539,7 @@ pub async fn requeue(store: &Store, a: Requeue) -> CmdResult {
             }));
         } else {
             if total > 0 {
-                println!("would requeue {} row(s) ({})", ok.len(), ids_text(&ok));
+                println!("would requeue {} row(s){}", ok.len(), ids_text(&ok));
             }
             print_refusals(&failed);
             println!("nothing changed (--dry-run)");
@@ -552,7 +554,7 @@ pub async fn requeue(store: &Store, a: Requeue) -> CmdResult {
     } else {
         if !ok.is_empty() {
             println!(
-                "requeued {} row(s) ({}): pending again with attempts reset, history kept; the daemon delivers them",
+                "requeued {} row(s){}: pending again with attempts reset, history kept; the daemon delivers them",
                 ok.len(),
                 ids_text(&ok)
             );
@@ -622,7 +624,7 @@ pub async fn purge(store: &Store, a: Purge) -> CmdResult {
             }));
         } else {
             println!(
-                "would purge {} dead row(s) {what} ({}), with their attempt history",
+                "would purge {} dead row(s) {what}{}, with their attempt history",
                 doomed.len(),
                 ids_text(&doomed)
             );
