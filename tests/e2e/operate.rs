@@ -565,6 +565,10 @@ async fn cancel_and_retry_now_while_the_daemon_drains(env: Env) {
         row_status(&store, "slow", "RN-2").await.as_deref(),
         Some("pending")
     );
+    // A misspelt sink matches nothing and leaves no trace (no probe request, no sink).
+    let text = stdout(&cli(&env, &["retry-now", "--sink", "sloww"]).await);
+    assert_eq!(text.trim(), "no rows with sink sloww");
+    assert!(stats(&store).await.iter().all(|s| s.sink != "sloww"));
     assert_eq!(
         env.sim.request_count(Platform::Pyun, "CN-1"),
         1,

@@ -178,10 +178,10 @@ pub async fn retry_now(store: &Store, a: RetryNowArgs) -> CmdResult {
         .map(|r| r.id)
         .collect();
     let already_due = pending.len() - waiting.len();
-    // Every sink with a pending row may be held by the daemon (whose rows wait whether due
-    // or not): ask it to probe. A --sink asked for explicitly is probed even if empty.
-    let mut sinks: BTreeSet<String> = pending.iter().map(|r| r.sink.clone()).collect();
-    sinks.extend(f.sink.clone());
+    // Every sink with a matching pending row may be held by the daemon (whose rows wait,
+    // due or not): ask it to probe. Only those: a misspelt --sink must not leave a request
+    // (and a row in `outbox_sinks`) for a sink that does not exist.
+    let sinks: BTreeSet<String> = pending.iter().map(|r| r.sink.clone()).collect();
     if a.dry_run {
         if a.json {
             print_json(&json!({
