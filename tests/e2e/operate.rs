@@ -523,6 +523,12 @@ async fn cancel_and_retry_now_while_the_daemon_drains(env: Env) {
         row_status(&store, "slow", "CN-1").await.as_deref(),
         Some("cancelled")
     );
+    let text = stdout(&cli(&env, &["show", "--sink", "slow", "--key", "CN-1"]).await);
+    assert!(
+        text.contains("status      cancelled, 1 attempt(s)"),
+        "{text}"
+    );
+    assert!(text.contains(": charger retired"), "{text}");
     let listed = ok_json(&env, &["list", "--state", "cancelled", "--json"]).await;
     assert_eq!(listed["matched"], 2);
     assert!(listed["rows"][0]["reason"]

@@ -362,6 +362,19 @@ pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdRe
     if let Some(r) = &row.result {
         fields.push(("result", r.clone()));
     }
+    if row.status == "cancelled" {
+        // Who cancelled it and why (the cancel note), and when.
+        let f = outbox_core::store::filter::RowFilter {
+            ids: vec![row.id],
+            ..Default::default()
+        };
+        let listed = store.ops().find_rows(&f, 1).await.map_err(store_err)?;
+        if let Some(r) = listed.first() {
+            let when = r.finished_at.map(|t| relative(t, now)).unwrap_or_default();
+            let note = r.reason.clone().unwrap_or_default();
+            fields.push(("cancelled", format!("{when}: {note}")));
+        }
+    }
     if let Some(e) = &row.last_error {
         fields.push(("last error", p.red(e)));
     }
