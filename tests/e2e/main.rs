@@ -11,6 +11,7 @@ mod keys;
 mod lbbtech;
 mod logs;
 mod metrics;
+mod operate;
 mod ops;
 mod page;
 mod postgres;

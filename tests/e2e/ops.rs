@@ -708,8 +708,9 @@ async fn pause_holds_a_sink_while_the_daemon_drains_and_resume_delivers(env: Env
     }
     let text = stdout(&cli(&env, &["resume", "pyun"]).await);
     assert!(text.contains("was not paused"), "{text}");
+    // Issue 16: a sink the config lacks is an error now (it was a warning).
     let out = cli(&env, &["pause", "pyuun"]).await;
-    assert_success(&out);
+    assert!(!out.status.success(), "{}", stdout(&out));
     assert!(stderr(&out).contains("check the name"), "{}", stderr(&out));
 }
 

@@ -300,6 +300,8 @@ pub struct SinkHealth {
     /// The probe row in flight.
     probe: Option<i64>,
     holds: u64,
+    /// The latest operator's probe request (`outboxd retry-now`) seen, epoch ms.
+    probe_request_seen: Option<i64>,
 }
 
 impl SinkHealth {
@@ -313,6 +315,7 @@ impl SinkHealth {
             suspects: VecDeque::new(),
             probe: None,
             holds: 0,
+            probe_request_seen: None,
         }
     }
 
@@ -490,6 +493,27 @@ impl SinkHealth {
                 self.resume(now, "configuration reloaded")
             }
             _ => None,
+        }
+    }
+
+    /// An operator asked for a probe (`outboxd retry-now`, at `requested_at`, epoch ms):
+    /// a held sink probes at once, its interval back to the first. Each request counts
+    /// once. Returns whether it made a held sink probe.
+    pub fn probe_requested(&mut self, requested_at: i64, now: Instant) -> bool {
+        if self
+            .probe_request_seen
+            .is_some_and(|seen| seen >= requested_at)
+        {
+            return false;
+        }
+        self.probe_request_seen = Some(requested_at);
+        match &mut self.state {
+            State::Held(hold) => {
+                hold.next_probe = now;
+                hold.probe_interval = self.config.probe_initial;
+                true
+            }
+            State::Active => false,
         }
     }
 

@@ -21,6 +21,8 @@ use std::time::Duration;
 use outbox_core::clock::now_ms;
 use outbox_core::event::{ClaimedRow, EventType, NewEvent};
 use outbox_core::outcome::AttemptInfo;
+use outbox_core::store::filter::{RowFilter, RowState, TimeField};
+use outbox_core::store::ops::Place;
 use outbox_core::store::postgres::{self as pg_store, PgStore};
 use outbox_core::store::sqlite as sqlite_store;
 use outbox_core::store::wake::Wake;
@@ -224,6 +226,10 @@ store_tests!(
     a_requeued_row_gets_a_fresh_age_clock,
     older_rows_of_a_supersede_key_are_superseded,
     dead_latest_lists_the_newest_dead_rows_first,
+    operators_filters_find_rows_in_the_outbox_and_the_dead_letters,
+    cancel_finishes_pending_rows_only_keeping_history_and_key,
+    make_due_ends_a_backoff_and_probe_requests_reach_the_daemon,
+    delete_dead_removes_chosen_rows_and_their_history,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2519,4 +2525,376 @@ async fn dead_latest_lists_the_newest_dead_rows_first(db: &Db) {
     assert_eq!(keys, ["L-6", "L-5", "L-4"]);
     assert_eq!(s.dead_latest(100).await.unwrap().len(), 7);
     assert_eq!(latest[0], s.dead_get(latest[0].id).await.unwrap().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Operators' filters and bulk actions (issue 16)
+// ---------------------------------------------------------------------------------------
+
+/// One text value from a query (no parameters).
+async fn text_of(s: &Store, query: &str) -> Option<String> {
+    let v = match s.engine() {
+        Engine::Sqlite(st) => {
+            sqlx::query_scalar::<_, Option<String>>(query)
+                .fetch_one(st.pool())
+                .await
+        }
+        Engine::Postgres(st) => {
+            sqlx::query_scalar::<_, Option<String>>(query)
+                .fetch_one(st.pool())
+                .await
+        }
+    };
+    v.unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// Every filter narrows, on both tables; nothing is matched as a pattern (`_` and `%` in
+/// a prefix or a reason are plain characters); a filter that matches nothing says so
+/// with empty results, not an error.
+async fn operators_filters_find_rows_in_the_outbox_and_the_dead_letters(db: &Db) {
+    let s = &db.store;
+    let ops = s.ops();
+    let now = now_ms();
+    enqueue_all(
+        s,
+        &[
+            ev("pyun", "CE-1"),
+            ev("pyun", "CE-2"),
+            ev("pyun", "C_E-3"),
+            ev("pyun", "CXE-4"),
+            ev("epeis", "DS-1"),
+        ],
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    let by_key = |k: &str| {
+        rows.iter()
+            .find(|r| r.idempotency_key == k)
+            .unwrap()
+            .clone()
+    };
+    complete(
+        s,
+        "w",
+        vec![
+            completion(&by_key("CE-1"), delivered()),
+            completion(&by_key("CE-2"), dead("Gateway TIMEOUT at 50% load")),
+            completion(
+                &by_key("C_E-3"),
+                Action::Retry {
+                    next_at: now + 3_600_000,
+                    error: "HTTP 503 timeout".into(),
+                },
+            ),
+        ],
+        now,
+    )
+    .await;
+    // CXE-4 stays in flight.
+
+    let f = |edit: fn(&mut RowFilter)| {
+        let mut f = RowFilter::default();
+        edit(&mut f);
+        f
+    };
+    let keys_found = |rows: Vec<outbox_core::store::ops::ListedRow>| {
+        rows.into_iter()
+            .map(|r| r.idempotency_key)
+            .collect::<Vec<_>>()
+    };
+
+    // Everything, newest first.
+    let all = ops.find_rows(&RowFilter::default(), 100).await.unwrap();
+    assert_eq!(
+        keys_found(all),
+        ["DS-1", "CXE-4", "C_E-3", "CE-1"],
+        "the dead row has left the outbox"
+    );
+    assert_eq!(ops.count_rows(&RowFilter::default()).await.unwrap(), 4);
+    assert_eq!(ops.count_dead(&RowFilter::default()).await.unwrap(), 1);
+
+    let pyun = f(|f| f.sink = Some("pyun".into()));
+    assert_eq!(ops.count_rows(&pyun).await.unwrap(), 3);
+    let prefix = f(|f| f.key_prefix = Some("C_".into()));
+    assert_eq!(
+        keys_found(ops.find_rows(&prefix, 10).await.unwrap()),
+        ["C_E-3"],
+        "_ is not a wildcard"
+    );
+    let exact = f(|f| f.key = Some("CE-2".into()));
+    assert!(ops.find_rows(&exact, 10).await.unwrap().is_empty());
+    let dead = ops.find_dead(&exact, 10, false).await.unwrap();
+    assert_eq!(keys_of(&dead), ["CE-2"]);
+
+    // The reason, ignoring case, in the last error or the dead reason; % is plain text.
+    let reason = f(|f| f.reason = Some("timeout".into()));
+    assert_eq!(
+        keys_found(ops.find_rows(&reason, 10).await.unwrap()),
+        ["C_E-3"]
+    );
+    assert_eq!(
+        keys_of(&ops.find_dead(&reason, 10, false).await.unwrap()),
+        ["CE-2"]
+    );
+    let percent = f(|f| f.reason = Some("50% LOAD".into()));
+    assert_eq!(ops.count_dead(&percent).await.unwrap(), 1);
+    let not_percent = f(|f| f.reason = Some("5% load".into()));
+    assert_eq!(ops.count_dead(&not_percent).await.unwrap(), 0);
+
+    // States and kinds.
+    let states = f(|f| f.states = vec![RowState::Pending, RowState::InFlight]);
+    assert_eq!(
+        keys_found(ops.find_rows(&states, 10).await.unwrap()),
+        ["DS-1", "CXE-4", "C_E-3"]
+    );
+    assert!(!states.wants_dead());
+    let unknown = f(|f| f.kinds = vec![DeadKind::Unknown]);
+    assert!(!unknown.wants_outbox());
+    assert_eq!(ops.count_dead(&unknown).await.unwrap(), 0);
+    let permanent = f(|f| f.kinds = vec![DeadKind::Permanent]);
+    assert_eq!(ops.count_dead(&permanent).await.unwrap(), 1);
+
+    // Time windows: created_at for outbox rows; dead_at or created_at for dead rows.
+    let future = f(|f| f.since = Some(now_ms() + 60_000));
+    assert_eq!(ops.count_rows(&future).await.unwrap(), 0);
+    assert_eq!(ops.count_dead(&future).await.unwrap(), 0);
+    let past = RowFilter {
+        until: Some(now_ms() + 60_000),
+        since: Some(now - 60_000),
+        time: TimeField::DeadAt,
+        ..RowFilter::default()
+    };
+    assert_eq!(ops.count_rows(&past).await.unwrap(), 4);
+    assert_eq!(ops.count_dead(&past).await.unwrap(), 1);
+
+    // Ids, and ids of bulk selections, ascending.
+    let ids = ops.row_ids(&pyun).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let one = RowFilter {
+        ids: vec![ids[0]],
+        ..RowFilter::default()
+    };
+    assert_eq!(ops.count_rows(&one).await.unwrap(), 1);
+    assert_eq!(ops.dead_ids_matching(&exact).await.unwrap(), [dead[0].id]);
+    let listed: outbox_core::store::ops::ListedRow = dead[0].clone().into();
+    assert_eq!((listed.place, listed.state.as_str()), (Place::Dead, "dead"));
+
+    // Nothing matches: empty, not an error.
+    let nothing = f(|f| f.key_prefix = Some("ZZ".into()));
+    assert!(ops.find_rows(&nothing, 10).await.unwrap().is_empty());
+    assert!(ops.row_ids(&nothing).await.unwrap().is_empty());
+    assert!(ops.dead_ids_matching(&nothing).await.unwrap().is_empty());
+    assert_eq!(
+        ops.sinks_seen().await.unwrap(),
+        ["epeis".to_string(), "pyun".to_string()]
+    );
+}
+
+/// `cancel`: pending rows become final `cancelled` with the note; a row claimed between
+/// the operator's listing and the cancel (in flight) is left alone; the history and the key
+/// stay; a cancelled row is never claimed, is counted, shown by `outbox_outcomes`, and
+/// pruned by retention.
+async fn cancel_finishes_pending_rows_only_keeping_history_and_key(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    enqueue_all(
+        s,
+        &[ev("pyun", "K-1"), ev("pyun", "K-2"), ev("pyun", "K-3")],
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 1, now).await;
+    assert_eq!(keys(&rows), ["K-1"]);
+    complete(
+        s,
+        "w",
+        vec![completion(
+            &rows[0],
+            Action::Retry {
+                next_at: now,
+                error: "HTTP 503".into(),
+            },
+        )],
+        now,
+    )
+    .await;
+    // The operator lists the pending rows ...
+    let listed = s
+        .ops()
+        .row_ids(&RowFilter {
+            states: vec![RowState::Pending],
+            ..RowFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    // ... and a worker claims one of them (K-2: fresh rows are due first) before the cancel.
+    let moved = claim(s, "pyun", "w", 1, now).await;
+    assert_eq!(keys(&moved), ["K-2"]);
+
+    let done = s
+        .ops()
+        .cancel_rows(&listed, now, "cancelled by ops: charger retired")
+        .await
+        .unwrap();
+    let expected: Vec<i64> = listed
+        .iter()
+        .copied()
+        .filter(|id| *id != moved[0].id)
+        .collect();
+    assert_eq!(done, expected, "the claimed row is not cancelled");
+    assert_eq!(status(s, "pyun", "K-2").await, "in_flight");
+    assert_eq!(status(s, "pyun", "K-1").await, "cancelled");
+    assert_eq!(
+        s.attempts(rows[0].id).await.unwrap().len(),
+        1,
+        "history kept"
+    );
+    let shown = s
+        .ops()
+        .find_rows(
+            &RowFilter {
+                states: vec![RowState::Cancelled],
+                ..RowFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown.len(), 2);
+    assert_eq!(
+        shown[0].reason.as_deref(),
+        Some("cancelled by ops: charger retired")
+    );
+    assert_eq!(shown[0].finished_at, Some(now));
+    // Cancelling again changes nothing.
+    assert!(s
+        .ops()
+        .cancel_rows(&listed, now, "x")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // K-2's attempt fails: pending again, with history; now it can be cancelled.
+    complete(
+        s,
+        "w",
+        vec![completion(
+            &moved[0],
+            Action::Retry {
+                next_at: now,
+                error: "HTTP 503".into(),
+            },
+        )],
+        now,
+    )
+    .await;
+    assert_eq!(
+        s.ops().cancel_rows(&[moved[0].id], now, "x").await.unwrap(),
+        [moved[0].id]
+    );
+    assert_eq!(s.attempts(moved[0].id).await.unwrap().len(), 1);
+
+    // Never claimed, the key remembered, counted, shown to producers.
+    assert!(claim(s, "pyun", "w", 10, now + 10_000).await.is_empty());
+    assert!(!s.enqueue(&ev("pyun", "K-2")).await.unwrap(), "key known");
+    assert_eq!(sink_stats(s, "pyun", now).await.cancelled, 3);
+    assert_eq!(sink_stats(s, "pyun", now).await.done, 0);
+    assert_eq!(
+        text_of(
+            s,
+            "SELECT outcome FROM outbox_outcomes WHERE sink = 'pyun' AND idempotency_key = 'K-3'"
+        )
+        .await
+        .as_deref(),
+        Some("cancelled")
+    );
+    // Pruned by retention like other final rows, history with them.
+    assert_eq!(s.prune_finished(now + 1, 10).await.unwrap(), 3);
+    assert_eq!(status(s, "pyun", "K-2").await, "gone");
+    assert!(s.attempts(moved[0].id).await.unwrap().is_empty());
+    assert!(!s.enqueue(&ev("pyun", "K-1")).await.unwrap(), "still known");
+}
+
+/// `retry-now`: a row waiting on backoff becomes due now (not a due row, not an in-flight
+/// one); a probe request is stored per sink, the latest wins, and pauses are untouched.
+async fn make_due_ends_a_backoff_and_probe_requests_reach_the_daemon(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    enqueue_all(
+        s,
+        &[ev("pyun", "B-1"), ev("pyun", "B-2"), ev("pyun", "B-3")],
+    )
+    .await;
+    let rows = claim(s, "pyun", "w", 2, now).await;
+    let hour = now + 3_600_000;
+    complete(
+        s,
+        "w",
+        vec![completion(
+            &rows[0],
+            Action::Retry {
+                next_at: hour,
+                error: "HTTP 503".into(),
+            },
+        )],
+        now,
+    )
+    .await;
+    assert!(claim(s, "pyun", "w", 10, now)
+        .await
+        .iter()
+        .all(|r| r.id != rows[0].id));
+    let all: Vec<i64> = s.ops().row_ids(&RowFilter::default()).await.unwrap();
+    // B-1 waits an hour, B-2 is in flight, B-3 was claimed just now too (in flight).
+    let changed = s.ops().make_due(&all, now + 1).await.unwrap();
+    assert_eq!(changed, [rows[0].id]);
+    assert!(s.ops().make_due(&all, now + 1).await.unwrap().is_empty());
+    let again = claim(s, "pyun", "w", 10, now + 1).await;
+    assert_eq!(keys(&again), ["B-1"]);
+    assert_eq!(again[0].attempts, 2, "attempts are not reset");
+
+    assert!(s.ops().probe_requests().await.unwrap().is_empty());
+    s.ops().request_probe("pyun", 5).await.unwrap();
+    s.ops().request_probe("epeis", 6).await.unwrap();
+    s.ops().request_probe("pyun", 7).await.unwrap();
+    assert_eq!(
+        s.ops().probe_requests().await.unwrap(),
+        [("epeis".to_string(), 6), ("pyun".to_string(), 7)]
+    );
+    assert!(s.paused_sinks().await.unwrap().is_empty());
+    s.set_paused("pyun", true, None).await.unwrap();
+    assert_eq!(s.ops().probe_requests().await.unwrap().len(), 2);
+}
+
+/// `dead purge` by chosen ids: those rows and their history go; other dead rows and a
+/// history a requeued row owns again stay.
+async fn delete_dead_removes_chosen_rows_and_their_history(db: &Db) {
+    let s = &db.store;
+    let now = now_ms();
+    let events: Vec<NewEvent> = (0..3).map(|i| ev("pyun", &format!("D-{i}"))).collect();
+    enqueue_all(s, &events).await;
+    let rows = claim(s, "pyun", "w", 10, now).await;
+    complete(
+        s,
+        "w",
+        rows.iter()
+            .map(|r| completion(r, dead("HTTP 400")))
+            .collect(),
+        now,
+    )
+    .await;
+    let dead_rows = s.dead_list(None, None, None, 10).await.unwrap();
+    assert_eq!(dead_rows.len(), 3);
+    assert!(s.ops().delete_dead(&[]).await.unwrap() == 0);
+    let chosen = [dead_rows[0].id, dead_rows[1].id];
+    assert_eq!(s.ops().delete_dead(&chosen).await.unwrap(), 2);
+    assert_eq!(s.ops().delete_dead(&chosen).await.unwrap(), 0);
+    assert!(s.attempts(dead_rows[0].outbox_id).await.unwrap().is_empty());
+    assert!(s.attempts(dead_rows[1].outbox_id).await.unwrap().is_empty());
+    assert_eq!(s.attempts(dead_rows[2].outbox_id).await.unwrap().len(), 1);
+    assert_eq!(
+        keys_of(&s.dead_list(None, None, None, 10).await.unwrap()),
+        ["D-2"]
+    );
 }

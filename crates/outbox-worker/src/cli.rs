@@ -63,7 +63,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one outbox row (its status, attempts, result) by sink and key.
+    /// List rows wherever they are (outbox and dead letters), newest first, with filters.
+    ///
+    /// Every filter narrows: e.g. `outboxd list --sink pyun --state pending --since 2h`,
+    /// `outboxd list --key-prefix CE- --reason timeout`. At most --limit rows; standard
+    /// error says how many more matched.
+    List(ListArgs),
+    /// Show one row (its status, attempts, result) by sink and key, in the outbox or in the
+    /// dead letters (it says which).
     Show {
         /// The sink's name, as in `[sinks.NAME]`.
         #[arg(long)]
@@ -78,6 +85,18 @@ pub enum Command {
     /// Inspect, requeue and purge dead-lettered rows.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Make pending rows waiting on backoff due now; ask a running daemon that holds a
+    /// sink to probe it at once.
+    ///
+    /// By ids or filters (`--sink S` alone: every waiting row of S). Attempts are not reset.
+    /// The daemon reads probe requests at housekeeping (every poll_interval).
+    RetryNow(RetryNowArgs),
+    /// Cancel pending rows: they become final `cancelled` and are never sent.
+    ///
+    /// The row is kept with its attempt history until retention, its key stays known (a
+    /// producer's re-insert is ignored). A row in flight (being delivered right now) is
+    /// refused. By ids or filters; `--sink S` alone needs `--all`.
+    Cancel(CancelArgs),
     /// Hold a sink's rows (no attempts burned) until `resume`.
     ///
     /// The running daemon stops claiming the sink's rows within one poll interval; rows
@@ -116,6 +135,93 @@ pub struct SinkArg {
     /// The sink's name, as in `[sinks.NAME]`.
     #[arg(value_name = "SINK")]
     pub name: String,
+    /// Act even on a sink the config does not have (e.g. one only another worker's config
+    /// has) or, without a config, one the database has never seen.
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON document instead (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which rows: the filters shared by `list`, the `dead` commands, `retry-now` and `cancel`.
+#[derive(Args, Clone, Default, Debug)]
+pub struct FilterArgs {
+    /// Only this sink's rows (its name, as in `[sinks.NAME]`).
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// Only the row(s) with exactly this idempotency key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only rows whose idempotency key starts with this text (case-sensitive).
+    #[arg(long, value_name = "PREFIX")]
+    pub key_prefix: Option<String>,
+    /// Only rows from this time on: RFC 3339 (2026-11-24T10:00:00Z) or an age (2h, 7d).
+    /// `list`, `cancel`, `retry-now`: the row's creation; `dead` commands: when it died.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only rows before this time: RFC 3339 or an age (2h: older than two hours).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only rows whose last error (or dead-letter reason) contains this text, ignoring case.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only rows in these states (repeat or comma-separate): pending, in_flight, delivered,
+    /// done, superseded, cancelled, dead.
+    #[arg(long, value_name = "STATE", value_delimiter = ',')]
+    pub state: Vec<String>,
+    /// Only dead rows of these kinds (repeat or comma-separate): permanent, unknown,
+    /// expired, invalid, internal, unknown_sink.
+    #[arg(long, value_name = "KIND", value_delimiter = ',')]
+    pub kind: Vec<String>,
+    /// At most this many rows (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Print one JSON document instead (for scripts): {"matched": N, "rows": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RetryNowArgs {
+    /// Outbox row ids (as `list` shows them).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<i64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every waiting row (of --sink, if given).
+    #[arg(long)]
+    pub all: bool,
+    /// Print what would be made due; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON document instead (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// Outbox row ids (as `list` shows them).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<i64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every pending row (of --sink, if given).
+    #[arg(long)]
+    pub all: bool,
+    /// Why (kept on the row with who cancelled it), e.g. "charger decommissioned".
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Print what would be cancelled and what would be refused; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print one JSON document instead (for scripts).
     #[arg(long)]
     pub json: bool,
@@ -154,15 +260,12 @@ pub struct EnqueueArgs {
 pub enum DeadCommand {
     /// List dead-lettered rows, oldest first.
     List {
-        /// Only this sink's rows.
-        #[arg(long)]
-        sink: Option<String>,
-        /// Only rows dead-lettered within this long (e.g. 2h, 7d).
-        #[arg(long, value_name = "DURATION")]
-        since: Option<humantime::Duration>,
-        /// Only rows whose reason contains this text (case-insensitive).
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only rows of these kinds (repeat or comma-separate): permanent, unknown,
+        /// expired, invalid, internal, unknown_sink.
+        #[arg(long, value_name = "KIND", value_delimiter = ',')]
+        kind: Vec<String>,
         /// At most this many rows.
         #[arg(long, default_value_t = 100)]
         limit: i64,
@@ -181,17 +284,23 @@ pub enum DeadCommand {
     /// Move rows back to pending, attempts reset, history kept.
     ///
     /// Safe while the daemon runs. A row whose key is already back in the outbox (the
-    /// producer sent it again) is left dead, so nothing is delivered twice.
+    /// producer sent it again) is left dead, so nothing is delivered twice. By ids, by
+    /// filters (as `dead list` takes them), or `--sink S --all`.
     Requeue {
         /// Dead row ids, as `dead list` shows them.
         #[arg(value_name = "ID")]
         ids: Vec<i64>,
-        /// With --all: every dead row of this sink.
-        #[arg(long)]
-        sink: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only rows of these kinds (repeat or comma-separate), e.g. expired.
+        #[arg(long, value_name = "KIND", value_delimiter = ',')]
+        kind: Vec<String>,
         /// With --sink: every dead row of that sink.
         #[arg(long)]
         all: bool,
+        /// Print what would be requeued and what would be refused, and why; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Also requeue rows whose outcome is unknown (the platform may already have applied
         /// them: an epeis adjustment, an lbbtech start). Check on the platform side first.
         #[arg(long)]
@@ -204,11 +313,32 @@ pub enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete old dead rows and their attempt history.
+    /// Delete dead rows and their attempt history.
+    ///
+    /// By age (--older-than), filters, or --all. Rows whose outcome is unknown (the
+    /// platform may have applied them) are refused without --force. Asks for confirmation
+    /// when standard input is a terminal (--yes skips it).
     Purge {
-        /// e.g. 30d, 12h.
+        /// Only rows dead-lettered longer ago than this, e.g. 30d, 12h.
         #[arg(long, value_name = "DURATION")]
-        older_than: humantime::Duration,
+        older_than: Option<humantime::Duration>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only rows of these kinds (repeat or comma-separate), e.g. invalid.
+        #[arg(long, value_name = "KIND", value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Every dead row (of --sink, if given).
+        #[arg(long)]
+        all: bool,
+        /// Also delete rows whose outcome is unknown (check on the platform side first).
+        #[arg(long)]
+        force: bool,
+        /// Print what would be deleted and what would be refused; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
         /// Print one JSON document instead (for scripts).
         #[arg(long)]
         json: bool,

@@ -65,6 +65,11 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             // Database-only commands: the config's sinks and secrets need not be complete.
             let config = Config::load_unchecked(&cli.config);
             let admin_listen = config.as_ref().ok().map(|c| c.admin.listen.clone());
+            // The sinks `pause` / `resume` check names against: none without a config.
+            let configured: Option<Vec<String>> = config
+                .as_ref()
+                .ok()
+                .map(|c| c.sinks.keys().cloned().collect());
             let url = match cli.database_url {
                 Some(u) => u,
                 None => config.map_err(|e| e.to_string())?.database_url,
@@ -79,12 +84,17 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 Command::Status { json } => {
                     ops::status(&store, json, admin_listen.as_deref()).await
                 }
+                Command::List(a) => ops::list(&store, a).await,
                 Command::Show { sink, key, json } => ops::show(&store, &sink, &key, json).await,
                 Command::Dead(d) => ops::dead(&store, d).await,
+                Command::RetryNow(a) => ops::retry_now(&store, a).await,
+                Command::Cancel(a) => ops::cancel(&store, a).await,
                 Command::Pause { sink, note } => {
-                    ops::pause(&store, &sink, true, note.as_deref()).await
+                    ops::pause(&store, &sink, true, note.as_deref(), configured.as_deref()).await
                 }
-                Command::Resume { sink } => ops::pause(&store, &sink, false, None).await,
+                Command::Resume { sink } => {
+                    ops::pause(&store, &sink, false, None, configured.as_deref()).await
+                }
                 _ => unreachable!("handled above"),
             };
             store.close().await;

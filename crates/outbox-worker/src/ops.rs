@@ -6,11 +6,17 @@ use std::io::Read;
 
 use outbox_core::clock::{self, now_ms};
 use outbox_core::event::{EventType, NewEvent};
-use outbox_core::store::{AttemptRow, SinkStats, Store, StoreError};
+use outbox_core::store::{AttemptRow, DeadRow, RowView, SinkStats, Store, StoreError};
 use serde_json::json;
 
 use crate::cli::{DeadCommand, EnqueueArgs, SinkArg};
+
+mod bulk;
+mod list;
+
 use crate::table::{self, age, clip, relative, Align, Paint};
+pub use bulk::{cancel, retry_now};
+pub use list::list;
 
 pub type CmdResult = Result<(), String>;
 
@@ -252,6 +258,12 @@ fn status_table(
                 s.sink
             ));
         }
+        if s.cancelled > 0 {
+            notes.push(format!(
+                "{}: {} row(s) cancelled by an operator (never sent; kept until retention); `outboxd list --sink {} --state cancelled` lists them",
+                s.sink, s.cancelled, s.sink
+            ));
+        }
         if s.ignored_reinserts > 0 {
             notes.push(format!(
                 "{}: {} insert(s) of an already known key ignored (never sent twice); `outboxd dead show` lists corrections",
@@ -306,16 +318,36 @@ fn held_note(sink: &str, h: &serde_json::Value, now: i64) -> String {
     note
 }
 
+/// `show`: the row in the outbox, or else the latest dead row with that key (saying so).
 pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdResult {
     let row = store.row(sink, key).await.map_err(store_err)?;
     let Some(row) = row else {
-        return Err(format!(
-            "no row for sink {sink} key {key:?} in the outbox\n  it may have been dead-lettered (`outboxd dead list --sink {sink}`) or pruned after its retention"
-        ));
+        let f = outbox_core::store::filter::RowFilter {
+            sink: Some(sink.to_string()),
+            key: Some(key.to_string()),
+            ..Default::default()
+        };
+        let dead = store
+            .ops()
+            .find_dead(&f, 1, true)
+            .await
+            .map_err(store_err)?;
+        let Some(d) = dead.into_iter().next() else {
+            return Err(format!(
+                "no row for sink {sink} key {key:?} in the outbox or the dead letters\n  it may have been pruned after its retention, or the sink or key is misspelt: `outboxd list --sink {sink}` and `outboxd dead list --sink {sink}` show what there is"
+            ));
+        };
+        if !json_out {
+            println!(
+                "{sink} / {key} is not in the outbox: it was dead-lettered (dead row {}, `outboxd dead show {}`)\n",
+                d.id, d.id
+            );
+        }
+        return dead_show(store, d.id, json_out).await;
     };
     let attempts = store.attempts(row.id).await.map_err(store_err)?;
     if json_out {
-        print_json(&json!({"row": row, "attempts": attempts}));
+        print_json(&json!({"place": "outbox", "row": row, "attempts": attempts}));
         return Ok(());
     }
     let p = Paint::stdout();
@@ -344,6 +376,19 @@ pub async fn show(store: &Store, sink: &str, key: &str, json_out: bool) -> CmdRe
     }
     if let Some(r) = &row.result {
         fields.push(("result", r.clone()));
+    }
+    if row.status == "cancelled" {
+        // Who cancelled it and why (the cancel note), and when.
+        let f = outbox_core::store::filter::RowFilter {
+            ids: vec![row.id],
+            ..Default::default()
+        };
+        let listed = store.ops().find_rows(&f, 1).await.map_err(store_err)?;
+        if let Some(r) = listed.first() {
+            let when = r.finished_at.map(|t| relative(t, now)).unwrap_or_default();
+            let note = r.reason.clone().unwrap_or_default();
+            fields.push(("cancelled", format!("{when}: {note}")));
+        }
     }
     if let Some(e) = &row.last_error {
         fields.push(("last error", p.red(e)));
@@ -430,110 +475,57 @@ fn print_attempts(attempts: &[AttemptRow], now: i64, p: Paint) {
 pub async fn dead(store: &Store, cmd: DeadCommand) -> CmdResult {
     match cmd {
         DeadCommand::List {
-            sink,
-            since,
-            reason,
+            filter,
+            kind,
             limit,
             json,
-        } => dead_list(store, sink, since, reason, limit, json).await,
+        } => list::dead_list(store, filter, kind, limit, json).await,
         DeadCommand::Show { id, json } => dead_show(store, id, json).await,
         DeadCommand::Requeue {
             ids,
-            sink,
+            filter,
+            kind,
             all,
+            dry_run,
             force,
             latest,
             json,
-        } => requeue(store, ids, sink, all, force, latest, json).await,
-        DeadCommand::Purge { older_than, json } => {
-            let cutoff = now_ms() - clock::ms(older_than.into());
-            let n = store.purge_dead(cutoff).await.map_err(store_err)?;
-            if json {
-                print_json(&json!({"purged": n, "older_than": older_than.to_string()}));
-            } else {
-                println!(
-                    "purged {n} dead row(s) dead-lettered more than {} ago, with their attempt history",
-                    age(clock::ms(older_than.into()))
-                );
-            }
-            Ok(())
+        } => {
+            let a = bulk::Requeue {
+                ids,
+                filter,
+                kind,
+                all,
+                force,
+                latest,
+                dry_run,
+                json,
+            };
+            bulk::requeue(store, a).await
+        }
+        DeadCommand::Purge {
+            older_than,
+            filter,
+            kind,
+            all,
+            force,
+            dry_run,
+            yes,
+            json,
+        } => {
+            let a = bulk::Purge {
+                older_than,
+                filter,
+                kind,
+                all,
+                force,
+                dry_run,
+                yes,
+                json,
+            };
+            bulk::purge(store, a).await
         }
     }
-}
-
-async fn dead_list(
-    store: &Store,
-    sink: Option<String>,
-    since: Option<humantime::Duration>,
-    reason: Option<String>,
-    limit: i64,
-    json: bool,
-) -> CmdResult {
-    if limit < 1 {
-        return Err("--limit must be at least 1".into());
-    }
-    let now = now_ms();
-    let since_ms = since.map(|d| now - clock::ms(d.into()));
-    let rows = store
-        .dead_list(sink.as_deref(), since_ms, reason.as_deref(), limit)
-        .await
-        .map_err(store_err)?;
-    if json {
-        print_json(&rows);
-        return Ok(());
-    }
-    if rows.is_empty() {
-        let mut filters = Vec::new();
-        if let Some(s) = &sink {
-            filters.push(format!("sink {s}"));
-        }
-        if let Some(d) = &since {
-            filters.push(format!(
-                "dead-lettered within the last {}",
-                age(clock::ms((*d).into()))
-            ));
-        }
-        if let Some(r) = &reason {
-            filters.push(format!("reason containing {r:?}"));
-        }
-        if filters.is_empty() {
-            println!("no dead-lettered rows");
-        } else {
-            println!("no dead-lettered rows with {}", filters.join(", "));
-        }
-        return Ok(());
-    }
-    let p = Paint::stdout();
-    let table_rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|d| {
-            vec![
-                d.id.to_string(),
-                d.sink.clone(),
-                d.idempotency_key.clone(),
-                d.event_type.clone(),
-                d.attempts.to_string(),
-                relative(d.dead_at, now),
-                p.red(&clip(&d.reason, TEXT_COLUMN)),
-            ]
-        })
-        .collect();
-    use Align::{Left as L, Right as R};
-    print!(
-        "{}",
-        table::render_aligned(
-            &["ID", "SINK", "KEY", "TYPE", "ATTEMPTS", "DEAD", "REASON"],
-            &[R, L, L, L, R, L, L],
-            &table_rows
-        )
-    );
-    if rows.len() as i64 == limit {
-        println!("\nshowing the first {limit}; `--limit N` shows more");
-    }
-    println!(
-        "\n`outboxd dead show ID` for the payload and every reply; `outboxd dead requeue ID` once the cause is fixed"
-    );
-    Ok(())
 }
 
 async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
@@ -544,7 +536,7 @@ async fn dead_show(store: &Store, id: i64, json: bool) -> CmdResult {
     })?;
     let attempts = store.attempts(d.outbox_id).await.map_err(store_err)?;
     if json {
-        print_json(&json!({"dead": d, "attempts": attempts}));
+        print_json(&json!({"place": "dead", "dead": d, "attempts": attempts}));
         return Ok(());
     }
     let p = Paint::stdout();
@@ -624,18 +616,7 @@ async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String
                 return Ok(format!("dead row {id}: {e}"));
             };
             match store.row(&d.sink, &d.idempotency_key).await.map_err(store_err)? {
-                Some(r) => format!(
-                    "dead row {id} ({} / {}) not requeued: the producer sent this key again and the outbox has it (row {}, {}, {} attempt(s)); requeueing would deliver it twice. Nothing to do: {}",
-                    d.sink,
-                    d.idempotency_key,
-                    r.id,
-                    r.status,
-                    r.attempts,
-                    match r.status.as_str() {
-                        "delivered" | "done" | "superseded" => "that row is final already",
-                        _ => "the daemon delivers that row",
-                    }
-                ),
+                Some(r) => key_back(id, &d, &r),
                 None => format!("dead row {id} ({} / {}): {e}", d.sink, d.idempotency_key),
             }
         }
@@ -643,90 +624,35 @@ async fn refusal(store: &Store, id: i64, e: StoreError) -> Result<String, String
     })
 }
 
-async fn requeue(
-    store: &Store,
-    ids: Vec<i64>,
-    sink: Option<String>,
-    all: bool,
-    force: bool,
-    latest: bool,
-    json: bool,
-) -> CmdResult {
-    let ids = match (ids.is_empty(), sink, all) {
-        (false, None, false) => ids,
-        (true, Some(s), true) => {
-            let ids = store.dead_ids(&s).await.map_err(store_err)?;
-            if ids.is_empty() && !json {
-                println!("sink {s} has no dead-lettered rows; nothing to requeue");
-            }
-            ids
+/// A dead row's key is back in the outbox (row `r`): requeueing would send it twice.
+fn key_back(id: i64, d: &DeadRow, r: &RowView) -> String {
+    format!(
+        "dead row {id} ({} / {}) not requeued: the producer sent this key again and the outbox has it (row {}, {}, {} attempt(s)); requeueing would deliver it twice. Nothing to do: {}",
+        d.sink,
+        d.idempotency_key,
+        r.id,
+        r.status,
+        r.attempts,
+        match r.status.as_str() {
+            "delivered" | "done" | "superseded" | "cancelled" => "that row is final already",
+            _ => "the daemon delivers that row",
         }
-        (true, Some(s), false) => {
-            return Err(format!(
-                "--sink {s} needs --all to requeue every dead row of that sink (`outboxd dead list --sink {s}` shows them first)"
-            ))
-        }
-        (true, None, true) => return Err("--all needs --sink NAME".into()),
-        (true, None, false) => {
-            return Err(
-                "give the dead row ids to requeue (`outboxd dead requeue 3 4`), or `--sink NAME --all`; `outboxd dead list` shows the ids"
-                    .into(),
-            )
-        }
-        (false, _, _) => {
-            return Err("give either dead row ids or `--sink NAME --all`, not both".into())
-        }
-    };
-    let total = ids.len();
-    let (mut ok, mut failed) = (Vec::new(), Vec::new());
-    for id in ids {
-        if !force {
-            if let Some(d) = store.dead_get(id).await.map_err(store_err)? {
-                if d.requeue_may_duplicate() {
-                    failed.push((
-                        id,
-                        format!(
-                            "dead row {id} ({} {}) not requeued: its outcome is unknown, so the platform may already have applied it and requeueing sends it again. Check on the platform side ({}), then requeue it with --force",
-                            d.sink, d.idempotency_key, d.reason
-                        ),
-                    ));
-                    continue;
-                }
-            }
-        }
-        match store.requeue(id, now_ms(), latest).await {
-            Ok(()) => ok.push(id),
-            Err(e) => failed.push((id, refusal(store, id, e).await?)),
-        }
-    }
-    if json {
-        print_json(&json!({
-            "requeued": ok,
-            "failed": failed.iter().map(|(i, e)| json!({"id": i, "error": e})).collect::<Vec<_>>(),
-        }));
-    } else {
-        if !ok.is_empty() {
-            println!(
-                "requeued {} row(s) ({}): pending again with attempts reset, history kept; the daemon delivers them",
-                ok.len(),
-                ok.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-            );
-        }
-        for (_, e) in &failed {
-            println!("{e}");
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} of {total} row(s) not requeued (see above)",
-            failed.len()
-        ))
-    }
+    )
 }
 
-pub async fn pause(store: &Store, sink: &SinkArg, paused: bool, note: Option<&str>) -> CmdResult {
+/// `pause` / `resume`. A sink name the config does not have is an error (a typo would
+/// otherwise pause nothing and say it worked), listing the configured sinks; `resume` of a
+/// paused sink is always allowed (its config section may be gone). Without a config
+/// (`--database-url` alone) the database's sinks stand in: a name no row, dead row or
+/// pause has ever used is an error. `--force` acts anyway (a sink only another worker's
+/// config has).
+pub async fn pause(
+    store: &Store,
+    sink: &SinkArg,
+    paused: bool,
+    note: Option<&str>,
+    configured: Option<&[String]>,
+) -> CmdResult {
     let name = sink.name.as_str();
     let was_paused = store
         .paused_sinks()
@@ -734,17 +660,28 @@ pub async fn pause(store: &Store, sink: &SinkArg, paused: bool, note: Option<&st
         .map_err(store_err)?
         .iter()
         .any(|s| s == name);
-    // A typo would otherwise pause nothing and say it worked.
-    let known = store
-        .stats(now_ms())
-        .await
-        .map_err(store_err)?
-        .iter()
-        .any(|s| s.sink == name);
-    if !known {
-        eprintln!(
-            "note: no row for sink {name:?} has been seen yet; check the name against the config's [sinks.NAME] sections"
-        );
+    let verb = if paused { "pause" } else { "resume" };
+    // Resuming a paused sink always works: its config section may be gone.
+    let resumes_a_pause = was_paused && !paused;
+    if !sink.force && !resumes_a_pause {
+        match configured {
+            Some(sinks) if !sinks.iter().any(|s| s == name) => {
+                return Err(format!(
+                    "sink {name:?} is not in the config: configured sinks are {}; check the name against the config's [sinks.NAME] sections (`outboxd {verb} {name} --force` if only another worker's config has it)",
+                    if sinks.is_empty() { "none".to_string() } else { sinks.join(", ") }
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let seen = store.ops().sinks_seen().await.map_err(store_err)?;
+                if !seen.iter().any(|s| s == name) {
+                    return Err(format!(
+                        "sink {name:?} has no rows, dead rows or pauses in this database (known there: {}) and no config was read to check the name against; check the name, or `outboxd {verb} {name} --force`",
+                        if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                    ));
+                }
+            }
+        }
     }
     store
         .set_paused(name, paused, note)

@@ -543,3 +543,25 @@ fn link_probes_one_at_a_time_and_resumes_on_the_first_connection() {
     link.retain_sinks(|name| name == "pyun");
     assert!(link.observe("pyun", false, t1 + 11 * S).is_none());
 }
+
+#[test]
+fn an_operators_probe_request_makes_a_held_sink_probe_at_once_and_counts_once() {
+    let mut h = sink();
+    let t = Instant::now();
+    // A request seen while active is remembered, so it does not fire on a later hold.
+    assert!(!h.probe_requested(1_000, t));
+    for row in 1..=5 {
+        h.record(row, &auth(), t);
+    }
+    let hold = held(&h);
+    assert_eq!(h.permit(t), Permit::Wait(Some(hold.next_probe)));
+    assert!(!h.probe_requested(1_000, t), "an old request counts once");
+    assert_eq!(h.permit(t), Permit::Wait(Some(hold.next_probe)));
+    let later = t + S;
+    assert!(h.probe_requested(2_000, later));
+    assert_eq!(h.permit(later), Permit::Probe);
+    assert_eq!(
+        held(&h).probe_interval,
+        HealthConfig::default().probe_initial
+    );
+}

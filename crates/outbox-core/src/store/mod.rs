@@ -2,6 +2,8 @@
 //! Postgres), chosen once at start-up from the `database_url` scheme. Each backend writes
 //! its own SQL; there is no `sqlx::Any` (it cannot map the types we need).
 
+pub mod filter;
+pub mod ops;
 pub mod postgres;
 pub mod sqlite;
 pub mod wake;
@@ -163,6 +165,8 @@ pub struct SinkStats {
     pub delivered: i64,
     pub delivered_last_hour: i64,
     pub done: i64,
+    /// Rows an operator cancelled (`outboxd cancel`), kept until retention.
+    pub cancelled: i64,
     pub retrying: i64,
     pub dead: i64,
     pub hints: i64,
@@ -537,6 +541,7 @@ pub(crate) fn sink_stats(r: &impl Cols, now: i64) -> std::result::Result<SinkSta
         delivered: r.int("delivered")?,
         delivered_last_hour: r.int("delivered_hour")?,
         done: r.int("done")?,
+        cancelled: r.int("cancelled")?,
         retrying: r.int("retrying")?,
         dead: r.int("dead")?,
         hints: r.int("hints")?,

@@ -837,12 +837,14 @@ impl Backend for PgStore {
                 FROM open GROUP BY sink), \
              r AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox \
-                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at >= $1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              f AS ( \
                 SELECT sink, count(*) FILTER (WHERE status = 'delivered') AS delivered, \
-                  count(*) FILTER (WHERE status IN ('done', 'superseded')) AS done, count(hint) AS hints \
-                FROM outbox WHERE status IN ('delivered', 'done', 'superseded') GROUP BY sink), \
+                  count(*) FILTER (WHERE status IN ('done', 'superseded')) AS done, \
+                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled, \
+                  count(hint) FILTER (WHERE status <> 'cancelled') AS hints \
+                FROM outbox WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') GROUP BY sink), \
              d AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              sinks AS (SELECT sink FROM o UNION SELECT sink FROM f UNION SELECT sink FROM d \
                        UNION SELECT sink FROM outbox_sinks UNION SELECT sink FROM outbox_key_repeats) \
@@ -850,7 +852,8 @@ impl Backend for PgStore {
                coalesce(o.pending, 0) AS pending, coalesce(o.in_flight, 0) AS in_flight, \
                coalesce(o.due_now, 0) AS due_now, o.oldest, \
                coalesce(f.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
-               coalesce(f.done, 0) AS done, coalesce(o.retrying, 0) AS retrying, \
+               coalesce(f.done, 0) AS done, coalesce(f.cancelled, 0) AS cancelled, \
+               coalesce(o.retrying, 0) AS retrying, \
                coalesce(d.dead, 0) AS dead, coalesce(f.hints, 0) AS hints, \
                coalesce(p.paused, false) AS paused, o.last_error, p.unconfigured_since, \
                coalesce(k.ignored, 0) AS ignored_reinserts \
@@ -1067,7 +1070,7 @@ impl Backend for PgStore {
             // One statement: both deletes see the same chosen ids.
             let n = sqlx::query(
                 "WITH doomed AS ( \
-                SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded') AND finished_at < $1 \
+                SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at < $1 \
                 ORDER BY finished_at LIMIT $2), \
              history AS (DELETE FROM outbox_attempts WHERE outbox_id IN (SELECT id FROM doomed)) \
              DELETE FROM outbox WHERE id IN (SELECT id FROM doomed)",

@@ -734,12 +734,12 @@ impl Backend for SqliteStore {
                 FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight' GROUP BY sink), \
              recent AS ( \
                 SELECT sink, count(*) AS delivered_hour FROM outbox INDEXED BY outbox_finished \
-                WHERE status IN ('delivered', 'done', 'superseded') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
+                WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at >= ?1 - 3600000 AND status = 'delivered' \
                 GROUP BY sink), \
              final AS ( \
                 SELECT sink, sum(status = 'delivered') AS delivered, sum(status IN ('done', 'superseded')) AS done, \
-                       count(hint) AS hints \
-                FROM outbox NOT INDEXED WHERE status IN ('delivered', 'done', 'superseded') GROUP BY sink), \
+                       sum(status = 'cancelled') AS cancelled, count(CASE WHEN status <> 'cancelled' THEN hint END) AS hints \
+                FROM outbox NOT INDEXED WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') GROUP BY sink), \
              dead AS (SELECT sink, count(*) AS dead FROM outbox_dead GROUP BY sink), \
              errors AS ( \
                 SELECT sink, last_error, max(coalesce(last_attempt_at, 0)) FROM ( \
@@ -758,7 +758,8 @@ impl Backend for SqliteStore {
                     coalesce(p.due_now, 0) AS due_now, \
                     min(coalesce(p.oldest, f.oldest), coalesce(f.oldest, p.oldest)) AS oldest, \
                     coalesce(x.delivered, 0) AS delivered, coalesce(r.delivered_hour, 0) AS delivered_hour, \
-                    coalesce(x.done, 0) AS done, coalesce(p.retrying, 0) AS retrying, \
+                    coalesce(x.done, 0) AS done, coalesce(x.cancelled, 0) AS cancelled, \
+                    coalesce(p.retrying, 0) AS retrying, \
                     coalesce(d.dead, 0) AS dead, coalesce(x.hints, 0) AS hints, \
                     coalesce(z.paused, 0) AS paused, e.last_error AS last_error, \
                     z.unconfigured_since AS unconfigured_since, \
@@ -1001,7 +1002,7 @@ impl Backend for SqliteStore {
         Box::pin(async move {
             let mut tx = WriteTx::begin(&self.pool).await?;
             let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
+            "SELECT id FROM outbox WHERE status IN ('delivered', 'done', 'superseded', 'cancelled') AND finished_at < ?1 ORDER BY finished_at LIMIT ?2",
         )
         .bind(before)
         .bind(batch)

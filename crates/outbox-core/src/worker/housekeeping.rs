@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::slots::SinkSlot;
 use super::Counters;
 use crate::clock::{self, now_ms};
 use crate::store::{Store, StoreError};
@@ -40,6 +41,28 @@ pub(crate) async fn housekeep(
         counters.dead.fetch_add(unknown, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Operators' probe requests (`outboxd retry-now` on a sink this daemon holds, whose
+/// health only the daemon knows): a held sink with a new request probes at once. Read at
+/// housekeeping, with the pauses; a failed read waits for the next pass.
+pub(crate) async fn probe_on_request(store: &Store, slots: &mut [SinkSlot], timeout: Duration) {
+    let requests = match tokio::time::timeout(timeout, store.ops().probe_requests()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading probe requests failed; trying again later");
+            return;
+        }
+        Err(_) => return,
+    };
+    let now = tokio::time::Instant::now();
+    for (sink, at) in requests {
+        if let Some(slot) = slots.iter_mut().find(|s| s.name == sink) {
+            if slot.health.probe_requested(at, now) {
+                tracing::info!(sink = %sink, "an operator asked for a probe (retry-now): probing the held sink now");
+            }
+        }
+    }
 }
 
 /// Deletes finished rows past their retention, a small batch at a time, so pruning never

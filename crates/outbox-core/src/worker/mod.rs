@@ -406,6 +406,8 @@ impl<'c> Worker<'c> {
         let r = match self.call(self.store.paused_sinks()).await {
             Ok(paused) => {
                 self.paused = Some(paused);
+                housekeeping::probe_on_request(&self.store, &mut self.slots, self.wc.store_timeout)
+                    .await;
                 let held = self.held_ids();
                 // Rows of sinks this config lacks are held until the longest max_age here.
                 let unknown_hold = self
