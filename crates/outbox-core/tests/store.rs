@@ -230,6 +230,7 @@ store_tests!(
     cancel_finishes_pending_rows_only_keeping_history_and_key,
     make_due_ends_a_backoff_and_probe_requests_reach_the_daemon,
     delete_dead_removes_chosen_rows_and_their_history,
+    a_row_due_behind_the_claim_cursor_is_still_claimed,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2897,4 +2898,61 @@ async fn delete_dead_removes_chosen_rows_and_their_history(db: &Db) {
         keys_of(&s.dead_list(None, None, None, 10).await.unwrap()),
         ["D-2"]
     );
+}
+
+/// Issue 14: Postgres claims from where its last full claim ended, so a long drain does not
+/// step over the dead index entries of every row claimed so far. A row that becomes due
+/// behind that point (here: put back with an old due time) is still claimed, once a claim
+/// comes up short, and no row is claimed twice. (SQLite scans from the head every time: the
+/// same sequence holds there.)
+async fn a_row_due_behind_the_claim_cursor_is_still_claimed(db: &Db) {
+    let s = &db.store;
+    for i in 0..10 {
+        s.enqueue(&ev("pyun", &format!("C-{i}"))).await.unwrap();
+    }
+    let now = now_ms() + 1_000;
+    let lease = now + 60_000;
+    let first = s.claim("pyun", "w1", 4, now, lease).await.unwrap();
+    assert_eq!(keys_of_claimed(&first), ["C-0", "C-1", "C-2", "C-3"]);
+    // C-0 is given back, due as early as any row: behind where the full claim ended.
+    let put_back = format!(
+        "UPDATE outbox SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                next_attempt_at = (SELECT min(o.next_attempt_at) FROM outbox o) WHERE id = {}",
+        first[0].id
+    );
+    assert_eq!(exec(s, &put_back).await, 1);
+    let mut claimed: Vec<String> = keys_of_claimed(&first);
+    let mut rounds = 0;
+    loop {
+        let rows = s.claim("pyun", "w1", 4, now, lease).await.unwrap();
+        rounds += 1;
+        if rows.is_empty() {
+            break;
+        }
+        claimed.extend(keys_of_claimed(&rows));
+        assert!(rounds < 10, "claims never end: {claimed:?}");
+    }
+    let mut keys = claimed.clone();
+    keys.sort();
+    let expected: Vec<String> = std::iter::once("C-0".to_string())
+        .chain((0..10).map(|i| format!("C-{i}")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .flat_map(|k| {
+            // C-0 was claimed twice: before it was put back, and after.
+            if k == "C-0" {
+                vec![k.clone(), k]
+            } else {
+                vec![k]
+            }
+        })
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "every row claimed, C-0 again after it was put back"
+    );
+}
+
+fn keys_of_claimed(rows: &[outbox_core::event::ClaimedRow]) -> Vec<String> {
+    rows.iter().map(|r| r.idempotency_key.clone()).collect()
 }

@@ -10,7 +10,9 @@
 //! - The pool tests each connection before handing it out, so after a Postgres restart the
 //!   dead connections are dropped and the next call reconnects.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
@@ -48,7 +50,27 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Per sink, where the last full claim ended: see [`ClaimCursor`].
+    cursors: Arc<Mutex<HashMap<String, ClaimCursor>>>,
 }
+
+/// Where the last full claim of a sink ended, `(next_attempt_at, id)`: the next claim scans
+/// `outbox_due` from there. Every claim leaves the entries of the rows it took behind as
+/// dead index entries (a claimed row no longer matches the partial index, but its old entry
+/// stays until VACUUM), all at the head of the index; during a long drain each claim would
+/// otherwise step over every entry claimed so far (measured: the 1,000,000-row drain ran at
+/// 0.66x the 10,000-row rate, the claim 1.55x slower). A row that becomes due below the
+/// cursor (a past `not_before`, a slow producer transaction with an older id) waits at most
+/// [`CURSOR_MAX_AGE`] or until a claim finds fewer rows than it asked for; nothing is skipped
+/// for good.
+#[derive(Debug, Clone, Copy)]
+struct ClaimCursor {
+    after: (i64, i64),
+    set_at: std::time::Instant,
+}
+
+/// A cursor older than this is dropped and the claim scans from the head again.
+const CURSOR_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Inserts an event through any Postgres executor, so a producer can enqueue inside its own
 /// transaction, atomically with its business rows. Returns whether the row was new.
@@ -106,11 +128,17 @@ const ORDERING_BLOCKED: &str = "(EXISTS (SELECT 1 FROM outbox e \
 /// through the partial index `outbox_due`, skipping rows other transactions have locked.
 /// Nothing of a paused sink: the pause is read by the claim itself, so it takes effect when
 /// `outboxd pause` commits (the uncorrelated NOT EXISTS is a one-time filter on top of the
-/// index scan).
-fn candidates_sql() -> String {
+/// index scan). Scanned from the head of `outbox_due`, or (`after`) from a
+/// [`ClaimCursor`]: the row comparison is an index condition on `(sink, next_attempt_at, id)`.
+fn candidates_sql(after: bool) -> String {
+    let from = if after {
+        "AND (o.next_attempt_at, o.id) > ($4, $5) "
+    } else {
+        ""
+    };
     format!(
-        "SELECT o.id, o.ordering_key FROM outbox o \
-         WHERE o.sink = $1 AND o.status = 'pending' AND o.next_attempt_at <= $2 \
+        "SELECT o.id, o.ordering_key, o.next_attempt_at FROM outbox o \
+         WHERE o.sink = $1 AND o.status = 'pending' AND o.next_attempt_at <= $2 {from}\
            AND NOT EXISTS (SELECT 1 FROM outbox_sinks z WHERE z.sink = $1 AND z.paused) \
            AND (o.ordering_key IS NULL OR NOT {ORDERING_BLOCKED}) \
          ORDER BY o.next_attempt_at, o.id \
@@ -253,7 +281,10 @@ impl PgStore {
             })
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            cursors: Arc::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -288,6 +319,40 @@ impl PgStore {
         .await?)
     }
 
+    /// The cursor to claim `sink` from, if a recent full claim left one.
+    fn cursor(&self, sink: &str) -> Option<(i64, i64)> {
+        let cursors = self.cursors.lock().expect("cursor lock");
+        cursors
+            .get(sink)
+            .filter(|c| c.set_at.elapsed() < CURSOR_MAX_AGE)
+            .map(|c| c.after)
+    }
+
+    /// After a committed claim: a full one leaves a cursor where it ended, a short one
+    /// (caught up) none.
+    fn set_cursors(&self, ended: Vec<(String, Option<(i64, i64)>)>) {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        for (sink, end) in ended {
+            match end {
+                Some(after) => {
+                    let set_at = match cursors.get(&sink) {
+                        // Keep the age of a cursor that moves on, so it is dropped (and the
+                        // head scanned again) every CURSOR_MAX_AGE during a long drain.
+                        Some(c) if c.set_at.elapsed() < CURSOR_MAX_AGE => c.set_at,
+                        _ => std::time::Instant::now(),
+                    };
+                    cursors.insert(sink, ClaimCursor { after, set_at });
+                }
+                None => {
+                    cursors.remove(&sink);
+                }
+            }
+        }
+    }
+
+    /// Claims up to `limit` due rows of `sink`, from `after` when given. Returns the rows and,
+    /// when the candidates filled the limit, where they ended (the next cursor).
+    #[allow(clippy::too_many_arguments)]
     async fn claim_in(
         tx: &mut sqlx::PgConnection,
         sink: &str,
@@ -295,20 +360,28 @@ impl PgStore {
         limit: u32,
         now: i64,
         lease_until: i64,
-    ) -> Result<Vec<ClaimedRow>> {
+        after: Option<(i64, i64)>,
+    ) -> Result<(Vec<ClaimedRow>, Option<(i64, i64)>)> {
         supersede_in(tx, sink, now).await?;
-        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(&candidates_sql())
+        let sql = candidates_sql(after.is_some());
+        let mut q = sqlx::query_as(&sql)
             .bind(sink)
             .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(i64::from(limit));
+        if let Some((at, id)) = after {
+            q = q.bind(at).bind(id);
+        }
+        let candidates: Vec<(i64, Option<String>, i64)> = q.fetch_all(&mut *tx).await?;
+        let end = candidates
+            .last()
+            .filter(|_| candidates.len() as u32 == limit)
+            .map(|(id, _, at)| (*at, *id));
         if candidates.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), end));
         }
         let mut keys: Vec<&str> = candidates
             .iter()
-            .filter_map(|(_, k)| k.as_deref())
+            .filter_map(|(_, k, _)| k.as_deref())
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -325,8 +398,8 @@ impl PgStore {
         };
         let ids: Vec<i64> = candidates
             .iter()
-            .filter(|(_, k)| k.as_ref().is_none_or(|k| locked.contains(k)))
-            .map(|(id, _)| *id)
+            .filter(|(_, k, _)| k.as_ref().is_none_or(|k| locked.contains(k)))
+            .map(|(id, _, _)| *id)
             .collect();
         let rows = sqlx::query(&format!(
             "UPDATE outbox o SET status = 'in_flight', lease_owner = $1, lease_expires_at = $2, \
@@ -347,13 +420,13 @@ impl PgStore {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         // RETURNING order is unspecified; deliver in id order, as SQLite does.
         claimed_rows.sort_by_key(|r| r.id);
-        Ok(claimed_rows)
+        Ok((claimed_rows, end))
     }
 
     /// The plan of the claim's candidate scan, for tests and for operators wondering why a
     /// claim is slow: it should use the partial index `outbox_due`.
     pub async fn explain_claim(&self, sink: &str, now: i64, limit: u32) -> Result<String> {
-        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", candidates_sql()))
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", candidates_sql(false)))
             .bind(sink)
             .bind(now)
             .bind(i64::from(limit))
@@ -650,8 +723,11 @@ impl Backend for PgStore {
     ) -> BoxFuture<'a, Result<Vec<ClaimedRow>>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
-            let rows = Self::claim_in(&mut tx, sink, owner, limit, now, lease_until).await?;
+            let after = self.cursor(sink);
+            let (rows, end) =
+                Self::claim_in(&mut tx, sink, owner, limit, now, lease_until, after).await?;
             tx.commit().await?;
+            self.set_cursors(vec![(sink.to_string(), end)]);
             Ok(rows)
         })
     }
@@ -678,10 +754,18 @@ impl Backend for PgStore {
                 Self::renew_in(&mut tx, owner, renew, lease_until).await?;
             }
             let mut claimed = Vec::with_capacity(claims.len());
+            let mut ends = Vec::with_capacity(claims.len());
             for (sink, limit) in claims {
-                claimed.push(Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until).await?);
+                let after = self.cursor(sink);
+                let (rows, end) =
+                    Self::claim_in(&mut tx, sink, owner, *limit, now, lease_until, after).await?;
+                claimed.push(rows);
+                ends.push((sink.clone(), end));
             }
             tx.commit().await?;
+            // Only once committed: a rolled-back claim must not move the cursor past rows
+            // it never took.
+            self.set_cursors(ends);
             Ok((lost, claimed))
         })
     }
