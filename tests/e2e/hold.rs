@@ -404,18 +404,25 @@ async fn status_metrics_and_healthz_show_a_held_sink() {
         "outboxd_sink_state{sink=\"pyun\",state=\"held\"} 1",
         "outboxd_sink_state{sink=\"pyun\",state=\"active\"} 0",
         "outboxd_sink_holds_total{sink=\"pyun\",kind=\"auth\"} 1",
+        // Issue 14: the in-flight window (back at its start after the hold) and its ceiling.
+        "outboxd_sink_window{sink=\"pyun\"} 4",
+        "outboxd_sink_concurrency{sink=\"pyun\"} 4",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
     let text = cli(&env, &["status"]).await;
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[1].starts_with("pyun  held"), "{text}");
+    assert!(lines[0].contains("IN FLIGHT  WINDOW"), "{text}");
+    assert!(lines[1].contains(" 4/4 "), "{text}");
     assert!(text.contains("pyun: held (auth) for"), "{text}");
     assert!(text.contains("next probe in"), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&cli(&env, &["status", "--json"]).await).unwrap();
     assert_eq!(json[0]["health"]["state"], "held", "{json}");
     assert_eq!(json[0]["health"]["kind"], "auth", "{json}");
+    assert_eq!(json[0]["health"]["window"], 4, "{json}");
+    assert_eq!(json[0]["health"]["ceiling"], 4, "{json}");
 
     daemon.kill().await.unwrap();
     let text = cli(&env, &["status"]).await;

@@ -231,6 +231,7 @@ store_tests!(
     make_due_ends_a_backoff_and_probe_requests_reach_the_daemon,
     delete_dead_removes_chosen_rows_and_their_history,
     a_row_due_behind_the_claim_cursor_is_still_claimed,
+    open_rows_count_pending_and_in_flight_only,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2955,4 +2956,38 @@ async fn a_row_due_behind_the_claim_cursor_is_still_claimed(db: &Db) {
 
 fn keys_of_claimed(rows: &[outbox_core::event::ClaimedRow]) -> Vec<String> {
     rows.iter().map(|r| r.idempotency_key.clone()).collect()
+}
+
+/// What `run --until-idle` reads to know it is done: pending and in-flight rows per sink,
+/// never final ones (issue 14: without the full pass of `stats`).
+async fn open_rows_count_pending_and_in_flight_only(db: &Db) {
+    let s = &db.store;
+    assert!(s.open_rows().await.unwrap().is_empty());
+    for i in 0..3 {
+        s.enqueue(&ev("pyun", &format!("O-{i}"))).await.unwrap();
+    }
+    s.enqueue(&ev("epeis", "O-e")).await.unwrap();
+    let now = now_ms() + 1_000;
+    let claimed = s.claim("pyun", "w1", 2, now, now + 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // One claimed row finishes: it is no longer open.
+    let done = Completion {
+        id: claimed[0].id,
+        sink: "pyun".into(),
+        attempt: 1,
+        action: Action::Delivered {
+            hint: None,
+            result: None,
+        },
+        info: None,
+        outcome_label: "delivered",
+    };
+    let (lost, _) = s
+        .cycle("w1", &[done], &[], &[], now, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(lost, 0);
+    let mut open = s.open_rows().await.unwrap();
+    open.sort();
+    assert_eq!(open, [("epeis".to_string(), 1), ("pyun".to_string(), 2)]);
 }

@@ -34,7 +34,11 @@ pub async fn run(
         },
         ..OpenOptions::default()
     };
-    let store = Store::open(&config.database_url, &opts)
+    let worker_opts = OpenOptions {
+        cache_kib: OpenOptions::WORKER_CACHE_KIB,
+        ..opts.clone()
+    };
+    let store = Store::open(&config.database_url, &worker_opts)
         .await
         .map_err(|e| {
             format!(

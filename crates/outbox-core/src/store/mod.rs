@@ -327,6 +327,12 @@ pub trait Backend: Send + Sync + 'static {
 
     fn stats(&self, now: i64) -> BoxFuture<'_, Result<Vec<SinkStats>>>;
 
+    /// Pending plus in-flight rows per sink, read through the partial indexes that hold
+    /// only those rows: what `run --until-idle` asks to know it is done, without the full
+    /// pass of [`Backend::stats`] (which on a large outbox reads every final row and sorts
+    /// them, memory included).
+    fn open_rows(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>>;
+
     fn row<'a>(&'a self, sink: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<RowView>>>;
 
     fn dead_list<'a>(
@@ -394,6 +400,18 @@ pub struct OpenOptions {
     pub create: bool,
     pub busy_timeout: Duration,
     pub max_connections: u32,
+    /// SQLite: page cache per connection, in KiB (`PRAGMA cache_size`). It also bounds the
+    /// memory of a statement's sorter (the status query groups the whole table), so it is
+    /// what a connection adds to RSS on a large outbox. SQLite's default (2 MiB) for the
+    /// CLI and the admin listener; the daemon's worker connection takes more
+    /// ([`OpenOptions::WORKER_CACHE_KIB`]).
+    pub cache_kib: u32,
+}
+
+impl OpenOptions {
+    /// The worker connection's page cache: the claim's and the verdicts' pages of a busy
+    /// outbox stay in memory instead of being copied from the OS on every round.
+    pub const WORKER_CACHE_KIB: u32 = 16 * 1024;
 }
 
 impl Default for OpenOptions {
@@ -402,6 +420,7 @@ impl Default for OpenOptions {
             create: false,
             busy_timeout: Duration::from_secs(5),
             max_connections: 1,
+            cache_kib: 2 * 1024,
         }
     }
 }

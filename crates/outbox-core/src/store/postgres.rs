@@ -894,6 +894,17 @@ impl Backend for PgStore {
         })
     }
 
+    fn open_rows(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT sink, count(*) FROM outbox WHERE status IN ('pending', 'in_flight') \
+                 GROUP BY sink",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
     fn stats(&self, now: i64) -> BoxFuture<'_, Result<Vec<SinkStats>>> {
         Box::pin(async move {
             // Unfinished rows through their partial indexes (`outbox_due`, `outbox_leased`; one

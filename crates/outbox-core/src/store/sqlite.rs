@@ -206,9 +206,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(opts.busy_timeout)
-            // 16 MiB of page cache (the default is 2 MiB): the claim and completion pages of a
-            // busy outbox stay in memory instead of being copied from the OS on every batch.
-            .pragma("cache_size", "-16384")
+            // Negative: in KiB (see `OpenOptions::cache_kib`).
+            .pragma("cache_size", format!("-{}", opts.cache_kib.max(64)))
             .create_if_missing(opts.create);
         let path = Some(options.get_filename().to_path_buf())
             .filter(|p| !p.as_os_str().is_empty() && p.to_str() != Some(":memory:"));
@@ -713,6 +712,20 @@ impl Backend for SqliteStore {
         .execute(&self.pool)
         .await?;
             Ok(())
+        })
+    }
+
+    fn open_rows(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT sink, count(*) FROM ( \
+                    SELECT sink FROM outbox INDEXED BY outbox_due WHERE status = 'pending' \
+                    UNION ALL \
+                    SELECT sink FROM outbox INDEXED BY outbox_leased WHERE status = 'in_flight') \
+                 GROUP BY sink",
+            )
+            .fetch_all(&self.pool)
+            .await?)
         })
     }
 

@@ -721,7 +721,7 @@ impl<'c> Worker<'c> {
 
     /// Whether no row of a configured, unpaused, unheld sink is pending or in flight.
     async fn outbox_is_empty(&mut self) -> bool {
-        // The status query counts the whole table: ask at most every 50ms.
+        // Ask at most every 50ms.
         self.next_idle_check = Instant::now() + Duration::from_millis(50);
         // A sink held until an operator acts (its platform's hold; credentials, clock or URL
         // refused) has nothing an idle run can finish; a Retry-After, a streak or the link
@@ -735,16 +735,16 @@ impl<'c> Worker<'c> {
             })
             .map(|s| s.name.as_str())
             .collect();
-        match self.call(self.store.stats(now_ms())).await {
-            Ok(stats) => {
-                let open: i64 = stats
+        match self.call(self.store.open_rows()).await {
+            Ok(rows) => {
+                let open: i64 = rows
                     .iter()
-                    .filter(|s| {
-                        self.known.contains(&s.sink)
-                            && !self.paused.iter().flatten().any(|p| *p == s.sink)
-                            && !held.contains(&s.sink.as_str())
+                    .filter(|(sink, _)| {
+                        self.known.contains(sink)
+                            && !self.paused.iter().flatten().any(|p| p == sink)
+                            && !held.contains(&sink.as_str())
                     })
-                    .map(|s| s.pending + s.in_flight)
+                    .map(|(_, n)| n)
                     .sum();
                 if open == 0 {
                     tracing::info!("outbox is empty: every row is final");
