@@ -222,6 +222,10 @@ struct Round {
     db_ready: bool,
     /// Rows may be waiting that this round did not claim: come back soon.
     more_waiting: bool,
+    /// Come back at once: a claim filled its limit, or claims wait for the first read of
+    /// the pauses. (A full window alone is not such a case: a delivery that finishes wakes
+    /// the loop, and polling for it would spin.)
+    again: bool,
 }
 
 /// What ended the wait at the end of a round.
@@ -230,32 +234,8 @@ enum Woken {
     Finished(Joined),
     GraceOver,
     Reload(Config),
-    /// The database round in flight ended.
-    Cycle(CycleJoined),
     /// A timer, or another writer changed the database.
     Timer,
-}
-
-/// What a database round returns: the verdicts it wrote (given back, to be counted or
-/// written again), and the store's answer.
-struct CycleDone {
-    batch: Vec<Completion>,
-    slots: Vec<usize>,
-    plan: ClaimPlan,
-    renewed: bool,
-    started: Instant,
-    result: Result<(u64, Vec<Vec<ClaimedRow>>), CallError>,
-}
-
-type CycleJoined = Result<CycleDone, tokio::task::JoinError>;
-
-/// The database round in flight: it runs as its own task, so the loop goes on collecting
-/// finished deliveries (and their verdicts, for the next round) while the database works.
-struct CycleInFlight {
-    handle: tokio::task::JoinHandle<CycleDone>,
-    /// Its verdicts' rows and slots, should the task be lost (a panic).
-    ids: Vec<i64>,
-    slots: Vec<usize>,
 }
 
 /// The loop's state: one per running worker.
@@ -281,15 +261,6 @@ struct Worker<'c> {
     wake: Wake,
     tasks: JoinSet<(ClaimedRow, StepOutcome)>,
     in_flight: HashMap<tokio::task::Id, InFlight>,
-    /// The database round in flight, if any (one at a time: it holds the write lock).
-    db: Option<CycleInFlight>,
-    /// The last round claimed as many rows as it asked for: more may be due.
-    claims_were_full: bool,
-    /// Something happened since the last claim that may let rows be claimed: a delivery
-    /// finished (a slot frees), a timer or another writer woke the loop, a round filled its
-    /// claims. A round ending by itself is no such thing: claiming again then would spin on
-    /// empty claims.
-    claim_due: bool,
     /// Verdicts waiting to be written.
     pending: Vec<Completion>,
     /// The slot of each pending verdict, in the same order.
@@ -341,9 +312,6 @@ impl<'c> Worker<'c> {
             shutdown,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
-            db: None,
-            claims_were_full: false,
-            claim_due: true,
             pending: Vec::new(),
             pending_slots: Vec::new(),
             health: DbHealth::default(),
@@ -356,22 +324,17 @@ impl<'c> Worker<'c> {
         })
     }
 
-    /// The loop, as a list of steps. The database round runs as its own task
-    /// ([`Worker::start_cycle`]): while it writes one batch of verdicts and claims the next
-    /// rows, the loop keeps collecting finished deliveries, whose verdicts go into the next
-    /// round as soon as this one ends ([`Worker::cycle_ended`]).
+    /// The loop, as a list of steps.
     async fn run(&mut self) {
         loop {
             let mut round = self.begin_round();
-            if self.db.is_none() {
-                // Verdicts first: a stall longer than the lease must not cost the verdicts
-                // this worker holds (housekeeping never takes its own rows either).
-                let plan = self.plan_claims(&mut round);
-                self.start_cycle(plan, &mut round).await;
+            // Verdicts first: a stall longer than the lease must not cost the verdicts
+            // this worker holds (housekeeping never takes its own rows either).
+            let plan = self.plan_claims(&mut round);
+            if let Some(claimed) = self.write_and_claim(&plan, &mut round).await {
+                self.spawn_deliveries(&plan, claimed);
             }
-            if self.db.is_none() {
-                self.housekeeping(&round).await;
-            }
+            self.housekeeping(&round).await;
             if self.maybe_stop(&round).await {
                 break;
             }
@@ -391,7 +354,8 @@ impl<'c> Worker<'c> {
         Round {
             stopping: self.grace_deadline.is_some(),
             db_ready: Instant::now() >= self.next_db_try,
-            more_waiting: std::mem::take(&mut self.claims_were_full),
+            more_waiting: false,
+            again: false,
         }
     }
 
@@ -453,11 +417,9 @@ impl<'c> Worker<'c> {
         let Some(paused) = &self.paused else {
             // No claim before the first housekeeping has read the pauses.
             round.more_waiting = true;
+            round.again = true;
             return ClaimPlan::default();
         };
-        if !std::mem::take(&mut self.claim_due) {
-            return ClaimPlan::default();
-        }
         let plan = slots::plan_claims(
             &mut self.slots,
             &self.link,
@@ -471,17 +433,20 @@ impl<'c> Worker<'c> {
         plan
     }
 
-    /// Starts the database round: writes the pending verdicts and claims the planned rows,
-    /// in one transaction, in a task of its own. Its end comes back through [`Worker::wait`]
-    /// as [`Woken::Cycle`].
-    async fn start_cycle(&mut self, plan: ClaimPlan, round: &mut Round) {
+    /// The store cycle: writes the pending verdicts and claims the planned rows, in one
+    /// transaction. Returns the claimed rows, per planned claim, when it committed.
+    async fn write_and_claim(
+        &mut self,
+        plan: &ClaimPlan,
+        round: &mut Round,
+    ) -> Option<Vec<Vec<ClaimedRow>>> {
         let renew_due = !self.in_flight.is_empty() && Instant::now() >= self.renew_at();
         if !round.db_ready || (self.pending.is_empty() && plan.is_empty() && !renew_due) {
-            return;
+            return None;
         }
         if self.unsent_unknown && !self.release_unsent().await {
             round.db_ready = false;
-            return;
+            return None;
         }
         // The leases of the rows still being delivered are renewed a quarter of a lease
         // after the last renewal (rows claimed since have later leases): renewing them in
@@ -491,102 +456,50 @@ impl<'c> Worker<'c> {
         } else {
             Vec::new()
         };
-        let renewed = renew_due || self.in_flight.is_empty();
-        let batch = std::mem::take(&mut self.pending);
-        let slots = std::mem::take(&mut self.pending_slots);
-        let ids = batch.iter().map(|c| c.id).collect();
-        let (store, owner, timeout) = (
-            self.store.clone(),
-            self.owner.clone(),
-            self.wc.store_timeout,
+        let (started, now) = (Instant::now(), now_ms());
+        let cycle = self.store.cycle(
+            &self.owner,
+            &self.pending,
+            &plan.claims,
+            &renew,
+            now,
+            now + self.lease_ms,
         );
-        let (started, now, lease_ms) = (Instant::now(), now_ms(), self.lease_ms);
-        let task_slots = slots.clone();
-        let handle = tokio::spawn(async move {
-            let cycle = store.cycle(&owner, &batch, &plan.claims, &renew, now, now + lease_ms);
-            let result = match tokio::time::timeout(timeout, cycle).await {
-                Ok(r) => r.map_err(CallError::from),
-                Err(_) => Err(CallError::TimedOut(timeout)),
-            };
-            CycleDone {
-                batch,
-                slots: task_slots,
-                plan,
-                renewed,
-                started,
-                result,
-            }
-        });
-        self.db = Some(CycleInFlight { handle, ids, slots });
-    }
-
-    /// The database round ended: on success its verdicts are counted and their slots
-    /// freed, and the claimed rows are sent; on failure its verdicts wait for the next
-    /// round, and rows it may have claimed unseen are released first.
-    async fn cycle_ended(&mut self, joined: CycleJoined) {
-        let Some(inflight) = self.db.take() else {
-            return;
-        };
-        let done = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                // Cannot happen short of a bug in the store; the verdicts went with the task.
-                // Their rows (and any it claimed) stay leased to this worker until the lease
-                // runs out, then are delivered again as in doubt, like after a crash. Not
-                // `release_unsent`: these rows were sent.
-                tracing::error!(error = %e, rows = inflight.ids.len(), "the database round was lost; its rows will be delivered again after their lease expires");
-                for slot in inflight.slots {
-                    self.slots[slot].in_flight -= 1;
-                }
-                self.next_db_try = Instant::now() + self.health.backoff();
-                return;
-            }
-        };
-        match done.result {
+        let result = self.call(cycle).await;
+        match result {
             Ok((lost, claimed)) => {
                 self.metrics.round_ok();
                 // Only a round that wrote proves the database writable again (a full disk
                 // still answers a claim that finds nothing).
-                if !done.batch.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
+                if !self.pending.is_empty() || claimed.iter().any(|rows| !rows.is_empty()) {
                     self.health.ok();
                 }
                 if lost > 0 {
                     tracing::warn!(rows = lost, "verdicts for rows whose lease had expired were not applied; those rows are being delivered again elsewhere");
                 }
-                self.committed(done.slots, done.batch);
+                self.committed();
                 // The lease clock of this round's claims and renewals started before the
                 // transaction: a slow commit brings the next renewal forward.
-                if done.renewed {
-                    self.renewed_at = done.started;
+                if renew_due || self.in_flight.is_empty() {
+                    self.renewed_at = started;
                 }
-                for (rows, (_, limit)) in claimed.iter().zip(&done.plan.claims) {
+                for (rows, (_, limit)) in claimed.iter().zip(&plan.claims) {
                     if rows.len() as u32 == *limit {
-                        self.claims_were_full = true;
-                        self.claim_due = true;
+                        round.more_waiting = true;
+                        round.again = true;
                     }
                 }
-                self.spawn_deliveries(&done.plan, claimed);
-                // Housekeeping between rounds, as before rounds overlapped deliveries.
-                let round = Round {
-                    stopping: self.grace_deadline.is_some(),
-                    db_ready: true,
-                    more_waiting: false,
-                };
-                self.housekeeping(&round).await;
+                Some(claimed)
             }
             Err(e) => {
                 self.store_failed("recording verdicts and claiming", &e);
                 self.next_db_try = Instant::now() + self.health.backoff();
                 // The claims may have committed unseen (a lost COMMIT acknowledgement):
                 // give back what this worker holds but never sent, before claiming again.
-                self.unsent_unknown |= !done.plan.is_empty();
-                self.claim_due = true;
-                // The verdicts are written with the next round, before those since.
-                let (mut batch, mut slots) = (done.batch, done.slots);
-                batch.append(&mut self.pending);
-                slots.append(&mut self.pending_slots);
-                self.pending = batch;
-                self.pending_slots = slots;
+                self.unsent_unknown |= !plan.is_empty();
+                // No housekeeping on a failing database this round.
+                round.db_ready = false;
+                None
             }
         }
     }
@@ -643,16 +556,14 @@ impl<'c> Worker<'c> {
     /// The rows this worker holds: being delivered, or with a verdict not yet written.
     fn held_ids(&self) -> Vec<i64> {
         let delivering = self.in_flight.values().map(|f| f.row_id);
-        let writing = self.db.iter().flat_map(|d| d.ids.iter().copied());
         delivering
             .chain(self.pending.iter().map(|c| c.id))
-            .chain(writing)
             .collect()
     }
 
-    /// A round's verdicts are committed: free their slots and count them.
-    fn committed(&mut self, slots: Vec<usize>, batch: Vec<Completion>) {
-        for (slot, c) in slots.into_iter().zip(batch) {
+    /// The pending verdicts are committed: free their slots and count them.
+    fn committed(&mut self) {
+        for (slot, c) in self.pending_slots.drain(..).zip(self.pending.drain(..)) {
             self.slots[slot].in_flight -= 1;
             self.counters.account(&self.metrics, &c);
         }
@@ -694,9 +605,6 @@ impl<'c> Worker<'c> {
     /// Whether the loop ends: shutdown with nothing left in flight, or (until-idle runs) an
     /// outbox with nothing left to do.
     async fn maybe_stop(&mut self, round: &Round) -> bool {
-        if self.db.is_some() {
-            return false;
-        }
         if round.stopping && self.tasks.is_empty() {
             if self.pending.is_empty() {
                 return true;
@@ -781,16 +689,10 @@ impl<'c> Worker<'c> {
     /// shutdown grace, a reload, another writer, or a timer.
     async fn wait(&mut self, round: &Round) -> Woken {
         let stopping = round.stopping;
-        let idle_until = if self.db.is_some() {
-            // The round's end wakes the loop; until then only deliveries, signals and the
-            // periodic duties do.
-            self.next_housekeeping
-                .max(Instant::now() + Duration::from_millis(1))
-        } else if self.health.is_failing() {
+        let idle_until = if self.health.is_failing() {
             self.next_db_try
-        } else if (self.claim_due && !stopping) || !self.pending.is_empty() {
-            // Work is waiting: come back at once. (A full window is not such a case: a
-            // delivery that finishes wakes the loop, and polling for it would spin.)
+        } else if (round.again && !stopping) || !self.pending.is_empty() {
+            // Work is waiting: come back as soon as something finishes.
             Instant::now() + Duration::from_millis(1)
         } else {
             let mut next = self.next_housekeeping;
@@ -806,12 +708,9 @@ impl<'c> Worker<'c> {
         let has_tasks = !self.tasks.is_empty();
         let reload = self.reload.as_mut();
         let can_reload = reload.is_some() && !stopping;
-        let db = self.db.as_mut().map(|d| &mut d.handle);
-        let has_db = db.is_some();
         tokio::select! {
             biased;
             _ = self.shutdown.recv(), if !stopping => Woken::Shutdown,
-            joined = async { db.expect("guarded").await }, if has_db => Woken::Cycle(joined),
             Some(joined) = self.tasks.join_next_with_id() => Woken::Finished(joined),
             _ = async { tokio::time::sleep_until(grace.expect("guarded")).await }, if stopping && has_tasks => Woken::GraceOver,
             Some(new_config) = async { reload.expect("guarded").recv().await }, if can_reload => Woken::Reload(new_config),
@@ -821,9 +720,6 @@ impl<'c> Worker<'c> {
     }
 
     async fn on_woken(&mut self, woken: Woken) {
-        if !matches!(woken, Woken::Cycle(_)) {
-            self.claim_due = true;
-        }
         match woken {
             Woken::Shutdown => {
                 tracing::info!(in_flight = self.tasks.len(), grace = %humantime::format_duration(self.wc.shutdown_grace), "shutdown requested: no new claims, finishing in-flight deliveries");
@@ -843,7 +739,6 @@ impl<'c> Worker<'c> {
                 }
             }
             Woken::Reload(new_config) => self.reload(&new_config),
-            Woken::Cycle(joined) => self.cycle_ended(joined).await,
             Woken::Timer => {}
         }
     }
