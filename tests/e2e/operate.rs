@@ -5,17 +5,19 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use outbox_core::clock::now_ms;
-use outbox_core::event::{EventType, NewEvent};
 use outbox_core::store::{Engine, SinkStats, Store};
-use outboxd_e2e::{bin, charge_end, Env};
+use outboxd_e2e::{bin, Env};
 use platform_sim::{Platform, Step};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
+
+// The operator-command helpers are shared with the older operator tests.
+use crate::ops::{assert_success, cli, enqueue, event, extra_pyun_sink, ok_json, stderr, stdout};
 
 const RUN: Duration = Duration::from_secs(60);
 /// Deadlines for what takes milliseconds when all is well: never waited out unless broken.
@@ -482,7 +484,7 @@ async fn dead_purge_asks_on_a_terminal_and_shows_progress(env: Env) {
 
 async fn cancel_and_retry_now_while_the_daemon_drains(env: Env) {
     // A sink whose retries are an hour apart: its failed rows wait on backoff.
-    env.write_config(&extra_pyun_sink(&env, "slow", "1h"));
+    env.write_config(&extra_pyun_sink(&env, "slow", Some("1h")));
     let store = env.store().await;
     for key in ["RN-1", "RN-2", "CN-1", "CN-2"] {
         env.sim.script_pyun(key, vec![Step::code("503")]);
@@ -698,65 +700,6 @@ async fn pause_of_a_sink_nobody_configured_is_an_error(env: Env) {
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A second 4pyun sink on the same simulator whose retries are `retry_after` apart.
-fn extra_pyun_sink(env: &Env, name: &str, retry_after: &str) -> String {
-    let mut s = env.pyun_sink(name, &["concurrency = 4"]);
-    s.push_str(&format!(
-        "\n[sinks.{name}.retry]\nbase = \"{retry_after}\"\nfloor = \"{retry_after}\"\ncap = \"{retry_after}\"\nmax_attempts = 5\nmax_age = \"48h\"\n"
-    ));
-    s
-}
-
-fn event(sink: &str, key: &str, not_before: Option<i64>) -> NewEvent {
-    NewEvent {
-        sink: sink.into(),
-        event_type: EventType::ChargeEnd,
-        idempotency_key: key.into(),
-        payload: charge_end(key).to_string(),
-        ordering_key: None,
-        not_before,
-        supersede_key: None,
-    }
-}
-
-async fn enqueue(env: &Env, store: &Store, sink: &str, key: &str) {
-    env.enqueue(store, sink, EventType::ChargeEnd, key, &charge_end(key))
-        .await;
-}
-
-async fn cli(env: &Env, args: &[&str]) -> Output {
-    tokio::process::Command::from(env.outboxd())
-        .args(args)
-        .output()
-        .await
-        .expect("running outboxd")
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "outboxd failed ({}):\n{}{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-}
-
-async fn ok_json(env: &Env, args: &[&str]) -> Value {
-    let out = cli(env, args).await;
-    assert_success(&out);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", stdout(&out)))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn keys(rows: &Value) -> Vec<String> {
     rows.as_array()

@@ -1206,7 +1206,7 @@ impl Drop for Daemon {
 
 /// A second 4pyun sink on the same simulator (keys never overlap across tests' sinks), with
 /// its retries `retry_after` apart if given.
-fn extra_pyun_sink(env: &Env, name: &str, retry_after: Option<&str>) -> String {
+pub(crate) fn extra_pyun_sink(env: &Env, name: &str, retry_after: Option<&str>) -> String {
     let mut s = env.pyun_sink(name, &["concurrency = 4"]);
     if let Some(d) = retry_after {
         s.push_str(&format!(
@@ -1217,7 +1217,7 @@ fn extra_pyun_sink(env: &Env, name: &str, retry_after: Option<&str>) -> String {
 }
 
 /// A charge_end event for `key`, as a producer writes it.
-fn event(sink: &str, key: &str, not_before: Option<i64>) -> NewEvent {
+pub(crate) fn event(sink: &str, key: &str, not_before: Option<i64>) -> NewEvent {
     NewEvent {
         sink: sink.into(),
         event_type: EventType::ChargeEnd,
@@ -1229,12 +1229,12 @@ fn event(sink: &str, key: &str, not_before: Option<i64>) -> NewEvent {
     }
 }
 
-async fn enqueue(env: &Env, store: &Store, sink: &str, key: &str) {
+pub(crate) async fn enqueue(env: &Env, store: &Store, sink: &str, key: &str) {
     env.enqueue(store, sink, EventType::ChargeEnd, key, &charge_end(key))
         .await;
 }
 
-async fn cli(env: &Env, args: &[&str]) -> Output {
+pub(crate) async fn cli(env: &Env, args: &[&str]) -> Output {
     tokio::process::Command::from(env.outboxd())
         .args(args)
         .output()
@@ -1242,7 +1242,7 @@ async fn cli(env: &Env, args: &[&str]) -> Output {
         .expect("running outboxd")
 }
 
-fn assert_success(out: &Output) {
+pub(crate) fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "outboxd failed ({}):\n{}{}",
@@ -1252,18 +1252,18 @@ fn assert_success(out: &Output) {
     );
 }
 
-async fn ok_json(env: &Env, args: &[&str]) -> Value {
+pub(crate) async fn ok_json(env: &Env, args: &[&str]) -> Value {
     let out = cli(env, args).await;
     assert_success(&out);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", stdout(&out)))
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(c.worker, WorkerConfig::default());
         let s = &c.sinks["pyun"];
         // The platform's own default ceiling (4pyun deduplicates re-sent orders).
-        assert_eq!(s.settings.concurrency, 256);
+        assert_eq!(s.settings.concurrency, 512);
         assert_eq!(s.settings.load_secret("pyun").unwrap().expose(), "s3cret");
     }
 

@@ -312,7 +312,7 @@ mod tests {
         // Where a re-send is harmless the ceiling is high; where it is not, low.
         assert_eq!(
             parse("type = \"pyun\"\nurl = \"https://x/\"\napp_id = \"a\""),
-            256
+            512
         );
         assert_eq!(
             parse(&format!("type = \"epeis\"\nurl = \"https://x/\"\n{ids}")),

@@ -43,7 +43,7 @@ pub struct Pyun {
 impl Platform for Pyun {
     const TYPE: &'static str = "pyun";
     /// 4pyun deduplicates `replenish_order`: a re-send is harmless.
-    const DEFAULT_CONCURRENCY: usize = 256;
+    const DEFAULT_CONCURRENCY: usize = 512;
     const EVENT_TYPES: &'static [EventType] = &[EventType::ChargeEnd];
     type Config = PyunConfig;
 

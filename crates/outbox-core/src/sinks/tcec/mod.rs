@@ -65,7 +65,7 @@ pub struct Tcec {
 impl Platform for Tcec {
     const TYPE: &'static str = "tcec";
     /// T/CEC platforms deduplicate on the order and status keys: a re-send is harmless.
-    const DEFAULT_CONCURRENCY: usize = 256;
+    const DEFAULT_CONCURRENCY: usize = 512;
     const EVENT_TYPES: &'static [EventType] = &[EventType::ChargeOrder, EventType::ConnectorStatus];
     type Config = TcecConfig;
 
