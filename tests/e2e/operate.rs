@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use outbox_core::clock::now_ms;
-use outbox_core::store::{Engine, SinkStats, Store};
+use outbox_core::store::{Engine, Store};
 use outboxd_e2e::{bin, Env};
 use platform_sim::{Platform, Step};
 use serde_json::Value;
@@ -17,7 +17,10 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 // The operator-command helpers are shared with the older operator tests.
-use crate::ops::{assert_success, cli, enqueue, event, extra_pyun_sink, ok_json, stderr, stdout};
+use crate::ops::{
+    assert_success, cli, dead_id, enqueue, event, extra_pyun_sink, find, ok_json, row_status,
+    stats, stderr, stdout,
+};
 
 const RUN: Duration = Duration::from_secs(60);
 /// Deadlines for what takes milliseconds when all is well: never waited out unless broken.
@@ -25,22 +28,6 @@ const SOON: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(25);
 /// 2100-01-01: a `not_before` no test reaches.
 const FAR: i64 = 4_102_444_800_000;
-
-macro_rules! on_both_backends {
-    ($($body:ident => $sqlite:ident, $postgres:ident;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() {
-            $body(Env::sqlite().await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $postgres() {
-            if let Some(env) = Env::postgres().await {
-                $body(env).await;
-            }
-        }
-    )*};
-}
 
 on_both_backends! {
     list_and_show_find_rows_wherever_they_are
@@ -707,33 +694,6 @@ fn keys(rows: &Value) -> Vec<String> {
         .iter()
         .map(|r| r["idempotency_key"].as_str().unwrap().to_string())
         .collect()
-}
-
-async fn stats(store: &Store) -> Vec<SinkStats> {
-    store.stats(now_ms()).await.expect("stats")
-}
-
-fn find(stats: &[SinkStats], sink: &str) -> SinkStats {
-    stats
-        .iter()
-        .find(|s| s.sink == sink)
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn row_status(store: &Store, sink: &str, key: &str) -> Option<String> {
-    store.row(sink, key).await.unwrap().map(|r| r.status)
-}
-
-async fn dead_id(store: &Store, key: &str) -> i64 {
-    store
-        .dead_list(None, None, None, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|d| d.idempotency_key == key)
-        .unwrap_or_else(|| panic!("{key} is not dead-lettered"))
-        .id
 }
 
 async fn dead_count(store: &Store, sink: &str) -> usize {

@@ -29,22 +29,6 @@ const RUN: Duration = Duration::from_secs(60);
 const SOON: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(25);
 
-macro_rules! on_both_backends {
-    ($($body:ident => $sqlite:ident, $postgres:ident;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $sqlite() {
-            $body(Env::sqlite().await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $postgres() {
-            if let Some(env) = Env::postgres().await {
-                $body(env).await;
-            }
-        }
-    )*};
-}
-
 on_both_backends! {
     status_figures_match_what_happened
         => sqlite_status_figures_match_what_happened, postgres_status_figures_match_what_happened;
@@ -1267,11 +1251,11 @@ pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-async fn stats(store: &Store) -> Vec<SinkStats> {
+pub(crate) async fn stats(store: &Store) -> Vec<SinkStats> {
     store.stats(now_ms()).await.expect("stats")
 }
 
-fn find(stats: &[SinkStats], sink: &str) -> SinkStats {
+pub(crate) fn find(stats: &[SinkStats], sink: &str) -> SinkStats {
     stats
         .iter()
         .find(|s| s.sink == sink)
@@ -1279,13 +1263,13 @@ fn find(stats: &[SinkStats], sink: &str) -> SinkStats {
         .unwrap_or_default()
 }
 
-async fn row_status(store: &Store, sink: &str, key: &str) -> Option<String> {
+pub(crate) async fn row_status(store: &Store, sink: &str, key: &str) -> Option<String> {
     store.row(sink, key).await.unwrap().map(|r| r.status)
 }
 
-async fn dead_id(store: &Store, key: &str) -> i64 {
+pub(crate) async fn dead_id(store: &Store, key: &str) -> i64 {
     store
-        .dead_list(None, None, None, 1000)
+        .dead_list(None, None, None, 10_000)
         .await
         .unwrap()
         .into_iter()
