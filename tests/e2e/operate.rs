@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 // The operator-command helpers are shared with the older operator tests.
 use crate::ops::{
-    assert_success, cli, dead_id, enqueue, event, extra_pyun_sink, find, ok_json, row_status,
+    assert_success, cli, dead_id, enqueue, event, extra_pyun_sink, find, ok_json, row_status, sql,
     stats, stderr, stdout,
 };
 
@@ -718,22 +718,6 @@ async fn snapshot(store: &Store) -> Vec<(String, i64, String, i64)> {
             .into_iter()
             .map(|(t, i, s, a)| (t, i, s, i64::from(a)))
             .collect(),
-    }
-}
-
-/// Runs a statement the operator commands do not offer (seeding rows in bulk).
-async fn sql(store: &Store, statement: &str) -> u64 {
-    match store.engine() {
-        Engine::Sqlite(s) => sqlx::query(statement)
-            .execute(s.pool())
-            .await
-            .expect(statement)
-            .rows_affected(),
-        Engine::Postgres(p) => sqlx::query(statement)
-            .execute(p.pool())
-            .await
-            .expect(statement)
-            .rows_affected(),
     }
 }
 

@@ -1279,8 +1279,8 @@ pub(crate) async fn dead_id(store: &Store, key: &str) -> i64 {
 }
 
 /// Runs a statement the operator commands do not offer (back-dating rows, so "old" needs
-/// no waiting).
-async fn sql(store: &Store, statement: &str) -> u64 {
+/// no waiting; seeding rows in bulk).
+pub(crate) async fn sql(store: &Store, statement: &str) -> u64 {
     match store.engine() {
         Engine::Sqlite(s) => sqlx::query(statement)
             .execute(s.pool())
