@@ -242,6 +242,15 @@ pub(crate) enum Table {
     Dead,
 }
 
+impl Table {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Outbox => "outbox",
+            Table::Dead => "outbox_dead",
+        }
+    }
+}
+
 /// Appends ` WHERE ...` (always: `WHERE 1 = 1` for an empty filter) for `f` on `table`.
 /// The caller checks [`RowFilter::wants_outbox`] / [`RowFilter::wants_dead`] first.
 pub(crate) fn push_where<'a, DB>(

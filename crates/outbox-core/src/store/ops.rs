@@ -172,6 +172,31 @@ const ROW_COLUMNS: &str =
 /// type, its [`Dialect`], and how it opens a write transaction.
 macro_rules! impl_ops {
     ($store:ty, $db:ty, $dialect:expr, |$pool:ident| $begin:expr) => {
+        impl $store {
+            /// How many rows of `table` match `f`.
+            async fn count_in(&self, table: Table, f: &RowFilter) -> Result<i64> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT count(*) FROM ");
+                qb.push(table.name());
+                push_where(&mut qb, f, table, $dialect);
+                Ok(qb
+                    .build_query_scalar::<i64>()
+                    .fetch_one(self.pool())
+                    .await?)
+            }
+
+            /// The ids of the rows of `table` that match `f`, in id order.
+            async fn ids_in(&self, table: Table, f: &RowFilter) -> Result<Vec<i64>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM ");
+                qb.push(table.name());
+                push_where(&mut qb, f, table, $dialect);
+                qb.push(" ORDER BY id");
+                Ok(qb
+                    .build_query_scalar::<i64>()
+                    .fetch_all(self.pool())
+                    .await?)
+            }
+        }
+
         impl Ops for $store {
             fn find_rows<'a>(
                 &'a self,
@@ -189,14 +214,7 @@ macro_rules! impl_ops {
             }
 
             fn count_rows<'a>(&'a self, f: &'a RowFilter) -> BoxFuture<'a, Result<i64>> {
-                Box::pin(async move {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT count(*) FROM outbox");
-                    push_where(&mut qb, f, Table::Outbox, $dialect);
-                    Ok(qb
-                        .build_query_scalar::<i64>()
-                        .fetch_one(self.pool())
-                        .await?)
-                })
+                Box::pin(self.count_in(Table::Outbox, f))
             }
 
             fn find_dead<'a>(
@@ -220,42 +238,18 @@ macro_rules! impl_ops {
             }
 
             fn count_dead<'a>(&'a self, f: &'a RowFilter) -> BoxFuture<'a, Result<i64>> {
-                Box::pin(async move {
-                    let mut qb =
-                        sqlx::QueryBuilder::<$db>::new("SELECT count(*) FROM outbox_dead");
-                    push_where(&mut qb, f, Table::Dead, $dialect);
-                    Ok(qb
-                        .build_query_scalar::<i64>()
-                        .fetch_one(self.pool())
-                        .await?)
-                })
+                Box::pin(self.count_in(Table::Dead, f))
             }
 
             fn row_ids<'a>(&'a self, f: &'a RowFilter) -> BoxFuture<'a, Result<Vec<i64>>> {
-                Box::pin(async move {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM outbox");
-                    push_where(&mut qb, f, Table::Outbox, $dialect);
-                    qb.push(" ORDER BY id");
-                    Ok(qb
-                        .build_query_scalar::<i64>()
-                        .fetch_all(self.pool())
-                        .await?)
-                })
+                Box::pin(self.ids_in(Table::Outbox, f))
             }
 
             fn dead_ids_matching<'a>(
                 &'a self,
                 f: &'a RowFilter,
             ) -> BoxFuture<'a, Result<Vec<i64>>> {
-                Box::pin(async move {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM outbox_dead");
-                    push_where(&mut qb, f, Table::Dead, $dialect);
-                    qb.push(" ORDER BY id");
-                    Ok(qb
-                        .build_query_scalar::<i64>()
-                        .fetch_all(self.pool())
-                        .await?)
-                })
+                Box::pin(self.ids_in(Table::Dead, f))
             }
 
             fn cancel_rows<'a>(
