@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::store::filter::RowFilter;
 use crate::store::{SinkStats, Store, StoreError};
 use history::History;
 
@@ -209,7 +210,10 @@ impl Admin {
             Ok(stats) => stats,
             Err(e) => return unavailable(&e),
         };
-        let dead = match self.store.dead_latest(page::DEAD_SHOWN).await {
+        // The latest dead letters: the operators' `dead list` query, newest first.
+        let every = RowFilter::default();
+        let latest = self.store.ops().find_dead(&every, page::DEAD_SHOWN, true);
+        let dead = match latest.await {
             Ok(dead) => dead,
             Err(e) => return unavailable(&e),
         };

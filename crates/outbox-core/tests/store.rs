@@ -2505,7 +2505,12 @@ async fn older_rows_of_a_supersede_key_are_superseded(db: &Db) {
 /// the sink.
 async fn dead_latest_lists_the_newest_dead_rows_first(db: &Db) {
     let s = &db.store;
-    assert!(s.dead_latest(5).await.unwrap().is_empty());
+    assert!(s
+        .ops()
+        .find_dead(&RowFilter::default(), 5, true)
+        .await
+        .unwrap()
+        .is_empty());
     let known = vec!["pyun".to_string()];
     for i in 0..7 {
         s.enqueue(&ev(
@@ -2522,10 +2527,21 @@ async fn dead_latest_lists_the_newest_dead_rows_first(db: &Db) {
             .unwrap();
         assert_eq!(moved, 1);
     }
-    let latest = s.dead_latest(3).await.unwrap();
+    let latest = s
+        .ops()
+        .find_dead(&RowFilter::default(), 3, true)
+        .await
+        .unwrap();
     let keys: Vec<&str> = latest.iter().map(|d| d.idempotency_key.as_str()).collect();
     assert_eq!(keys, ["L-6", "L-5", "L-4"]);
-    assert_eq!(s.dead_latest(100).await.unwrap().len(), 7);
+    assert_eq!(
+        s.ops()
+            .find_dead(&RowFilter::default(), 100, true)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
     assert_eq!(latest[0], s.dead_get(latest[0].id).await.unwrap().unwrap());
 }
 

@@ -343,9 +343,6 @@ pub trait Backend: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<DeadRow>>>;
 
-    /// The `limit` most recently dead-lettered rows, newest first (the admin page's list).
-    fn dead_latest(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadRow>>>;
-
     fn dead_get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadRow>>>;
 
     fn attempts(&self, outbox_id: i64) -> BoxFuture<'_, Result<Vec<AttemptRow>>>;

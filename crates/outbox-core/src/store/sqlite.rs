@@ -833,18 +833,6 @@ impl Backend for SqliteStore {
         })
     }
 
-    fn dead_latest(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadRow>>> {
-        Box::pin(async move {
-            // The primary key orders rows as they were dead-lettered: read backwards from
-            // its end, `limit` rows and no more.
-            let rows = sqlx::query("SELECT * FROM outbox_dead ORDER BY id DESC LIMIT ?1")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-            super::map_rows(&rows, super::dead_row)
-        })
-    }
-
     fn dead_get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadRow>>> {
         Box::pin(async move {
             let r = sqlx::query("SELECT * FROM outbox_dead WHERE id = ?1")
