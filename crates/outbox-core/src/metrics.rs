@@ -427,38 +427,35 @@ fn render_states(out: &mut String, stats: &[SinkStats], health: &HealthBoard) {
             );
         }
     }
-    out.push_str("# HELP outboxd_sink_window Rows the sink may have in flight now: the adaptive window, between 1 and its concurrency.\n");
-    out.push_str("# TYPE outboxd_sink_window gauge\n");
-    for (name, v) in &health.sinks {
-        if let Some(w) = v.window {
-            let _ = writeln!(out, "outboxd_sink_window{{sink=\"{}\"}} {w}", esc(name));
-        }
-    }
-    out.push_str(
-        "# HELP outboxd_sink_concurrency The ceiling of the sink's window (its `concurrency`).\n",
+    // The worker's view of each sink, where it has a figure.
+    let gauge =
+        |out: &mut String, name: &str, help: &str, f: &dyn Fn(&HealthView) -> Option<f64>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (sink, v) in &health.sinks {
+                if let Some(x) = f(v) {
+                    let _ = writeln!(out, "{name}{{sink=\"{}\"}} {x}", esc(sink));
+                }
+            }
+        };
+    gauge(
+        out,
+        "outboxd_sink_window",
+        "Rows the sink may have in flight now: the adaptive window, between 1 and its concurrency.",
+        &|v| v.window.map(|w| w as f64),
     );
-    out.push_str("# TYPE outboxd_sink_concurrency gauge\n");
-    for (name, v) in &health.sinks {
-        if let Some(c) = v.ceiling {
-            let _ = writeln!(
-                out,
-                "outboxd_sink_concurrency{{sink=\"{}\"}} {c}",
-                esc(name)
-            );
-        }
-    }
-    out.push_str("# HELP outboxd_platform_clock_skew_seconds The platform's clock minus ours, from its replies' Date header.\n");
-    out.push_str("# TYPE outboxd_platform_clock_skew_seconds gauge\n");
-    for (name, v) in &health.sinks {
-        if let Some(skew) = v.clock_skew_ms {
-            let _ = writeln!(
-                out,
-                "outboxd_platform_clock_skew_seconds{{sink=\"{}\"}} {}",
-                esc(name),
-                skew as f64 / 1000.0
-            );
-        }
-    }
+    gauge(
+        out,
+        "outboxd_sink_concurrency",
+        "The ceiling of the sink's window (its `concurrency`).",
+        &|v| v.ceiling.map(|c| c as f64),
+    );
+    gauge(
+        out,
+        "outboxd_platform_clock_skew_seconds",
+        "The platform's clock minus ours, from its replies' Date header.",
+        &|v| v.clock_skew_ms.map(|ms| ms as f64 / 1000.0),
+    );
 }
 
 /// Escapes a label value (Prometheus text format).
